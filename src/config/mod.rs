@@ -1,0 +1,907 @@
+//! Configuration: what the user wrote in `probes.yaml`, read in two steps.
+//! First the YAML is parsed and `${VAR}` interpolated; then a pure reader turns
+//! it into the typed [`Config`] below, collecting *every* error with its path
+//! and file position. Nothing here touches the network. The YAML crate is used
+//! only inside this module.
+
+mod locate;
+mod reader;
+mod secret;
+mod vars;
+
+pub use reader::ConfigError;
+pub use secret::Secret;
+pub use vars::{Env, ProcessEnv};
+
+use reader::{child, did_you_mean, Fields, Reader};
+use serde_yaml::Value;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A label on every metric (`environment="prod"`).
+    pub environment: String,
+    /// The one HTTP listener: metrics, health, API and webhook catch.
+    pub listen: SocketAddr,
+    /// Key for the canary tokens' HMAC and for webhook signatures.
+    pub signing_key: Secret,
+    /// How long shutdown waits for in-flight canaries to resolve.
+    pub shutdown_grace: Duration,
+    pub connections: BTreeMap<String, Connection>,
+    pub probes: Vec<ProbeConfig>,
+}
+
+/// A named broker client, shared by every probe that names it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Connection {
+    Nats(NatsConnection),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NatsConnection {
+    /// One or more server URLs, comma separated.
+    pub url: String,
+    pub token: Option<Secret>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub credentials_file: Option<String>,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TlsConfig {
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeConfig {
+    /// `[A-Za-z0-9_-]{1,64}`, unique; it appears in tokens, URLs and labels.
+    pub name: String,
+    /// Time between two canaries.
+    pub interval: Duration,
+    /// After this long an uncaught canary is lost.
+    pub deadline: Duration,
+    /// How long one publish may take before it is a `publish_failed(timeout)`.
+    pub publish_timeout: Duration,
+    pub inject: Inject,
+    pub catch: Catch,
+    pub payload: Payload,
+    pub slo: Slo,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inject {
+    Nats(NatsInject),
+    Http(HttpInject),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Catch {
+    Nats(NatsCatch),
+    Http(HttpCatch),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NatsInject {
+    pub connection: String,
+    pub subject: String,
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NatsCatch {
+    pub connection: String,
+    pub subject: String,
+    pub queue_group: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpInject {
+    /// An absolute `http(s)://` URL, or a path starting with `/` on chirp's own listener.
+    pub url: String,
+    pub method: HttpMethod,
+    /// Extra request headers; values are secret (they often carry credentials).
+    pub headers: Vec<(String, Secret)>,
+    /// Header that carries `sha256=<hex HMAC of the body>`.
+    pub signature_header: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    Post,
+    Put,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpCatch {
+    pub signature_header: String,
+    /// Key for the webhook signature; defaults to `signing_key`.
+    pub secret: Option<Secret>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Payload {
+    /// Pad the default JSON body to at least this many bytes.
+    pub size: usize,
+    /// Where the catch side looks for the token in a JSON body (RFC 6901), before scanning.
+    pub token_pointer: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slo {
+    pub latency: Option<LatencyObjective>,
+    pub delivery: Option<DeliveryObjective>,
+    /// Compliance time slice, aligned to wall-clock boundaries.
+    pub slice: Duration,
+    /// Error-budget period.
+    pub period: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatencyObjective {
+    pub threshold: Duration,
+    /// Percent, in (0, 100).
+    pub objective: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeliveryObjective {
+    /// Percent, in (0, 100).
+    pub objective: f64,
+}
+
+impl Inject {
+    pub fn system(&self) -> &'static str {
+        match self {
+            Inject::Nats(_) => "nats",
+            Inject::Http(_) => "http",
+        }
+    }
+}
+
+impl Catch {
+    pub fn system(&self) -> &'static str {
+        match self {
+            Catch::Nats(_) => "nats",
+            Catch::Http(_) => "http",
+        }
+    }
+}
+
+/// Every error found in a configuration file, in file order.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub file: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.errors.len();
+        writeln!(
+            f,
+            "{}: {n} error{}:",
+            self.file,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_SLICE: Duration = Duration::from_secs(60);
+pub const DEFAULT_PERIOD: Duration = Duration::from_secs(30 * 86_400);
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_SIGNATURE_HEADER: &str = "X-Chirp-Signature";
+/// The longest deadline chirp accepts; it bounds the latency histograms.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(3600);
+pub const MAX_PAYLOAD: usize = 1 << 20;
+const MIN_KEY_LEN: usize = 16;
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9464))
+}
+
+const TRANSPORTS: &[&str] = &["nats", "http", "kafka", "jetstream", "amqp", "mqtt"];
+
+/// Reads and validates a configuration file.
+pub fn load_file(path: &Path, env: &dyn Env) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        file: file.clone(),
+        errors: vec![ConfigError {
+            path: String::new(),
+            message: format!("cannot read the file: {e}"),
+            location: None,
+        }],
+    })?;
+    load_str(&text, env).map_err(|errors| ConfigErrors { file, errors })
+}
+
+/// Parses, interpolates and validates configuration text.
+pub fn load_str(text: &str, env: &dyn Env) -> Result<Config, Vec<ConfigError>> {
+    let mut value: Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(vec![ConfigError {
+                path: String::new(),
+                message: format!("not valid YAML: {e}"),
+                location: e.location().map(|l| (l.line(), l.column())),
+            }])
+        }
+    };
+    let mut r = Reader::default();
+    interpolate(&mut value, "", env, &mut r);
+    let config = read_config(&value, &mut r);
+    if r.errors.is_empty() {
+        if let Some(c) = config {
+            return Ok(c);
+        }
+    }
+    let locator = locate::Locator::new(text);
+    let mut errors = r.errors;
+    for e in &mut errors {
+        if e.location.is_none() {
+            e.location = locator.find(&e.path);
+        }
+    }
+    errors.sort_by_key(|e| e.location.unwrap_or((usize::MAX, 0)));
+    if errors.is_empty() {
+        errors.push(ConfigError {
+            path: String::new(),
+            message: "the configuration is empty".into(),
+            location: None,
+        });
+    }
+    Err(errors)
+}
+
+fn interpolate(value: &mut Value, path: &str, env: &dyn Env, r: &mut Reader) {
+    match value {
+        Value::String(s) => match vars::interpolate(s, env) {
+            Ok(new) => *s = new,
+            Err(errors) => {
+                for e in errors {
+                    r.error(path, e.to_string());
+                }
+            }
+        },
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate(item, &format!("{path}[{i}]"), env, r);
+            }
+        }
+        Value::Mapping(m) => {
+            for (k, v) in m.iter_mut() {
+                let key = k.as_str().unwrap_or("?").to_owned();
+                interpolate(v, &child(path, &key), env, r);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Defaults a probe inherits when it does not say otherwise.
+struct Defaults {
+    interval: Duration,
+    deadline: Duration,
+    publish_timeout: Option<Duration>,
+    payload_size: usize,
+    slo: SloDraft,
+}
+
+/// SLO fields as written, before defaults are applied.
+#[derive(Clone, Default)]
+struct SloDraft {
+    latency: Option<LatencyObjective>,
+    delivery: Option<DeliveryObjective>,
+    slice: Option<Duration>,
+    period: Option<Duration>,
+}
+
+fn read_config(root: &Value, r: &mut Reader) -> Option<Config> {
+    let top = r.fields(
+        root,
+        "",
+        &[
+            "environment",
+            "listen",
+            "signing_key",
+            "shutdown_grace",
+            "defaults",
+            "connections",
+            "export",
+            "probes",
+        ],
+    );
+    let environment = r.string(&top, "environment").unwrap_or_else(|| "default".into());
+    let listen = match r.string(&top, "listen") {
+        None => Some(default_listen()),
+        Some(s) => match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                r.error(
+                    &top.path_of("listen"),
+                    format!("`{s}` is not an address; write e.g. `0.0.0.0:9464` or `127.0.0.1:9464`"),
+                );
+                None
+            }
+        },
+    };
+    let signing_key = match r.secret(&top, "signing_key") {
+        None if !top.has("signing_key") => {
+            r.error(
+                "signing_key",
+                "is required: a secret of at least 16 bytes, e.g. `signing_key: ${CHIRP_SIGNING_KEY}`",
+            );
+            None
+        }
+        None => None,
+        Some(k) if k.expose().len() < MIN_KEY_LEN => {
+            r.error("signing_key", format!("is too short: use at least {MIN_KEY_LEN} bytes"));
+            None
+        }
+        Some(k) => Some(k),
+    };
+    let shutdown_grace = r.duration(&top, "shutdown_grace").unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+    if let Some(export) = top.get("export") {
+        let f = r.fields(export, "export", &["prometheus", "otlp"]);
+        r.bool(&f, "prometheus");
+        if f.has("otlp") {
+            r.error(&f.path_of("otlp"), "OTLP export is not supported by this version of chirp yet");
+        }
+    }
+    let defaults = read_defaults(top.get("defaults"), r);
+    let connections = read_connections(top.get("connections"), r);
+    let probes = read_probes(top.get("probes"), &defaults, &connections, r);
+
+    Some(Config {
+        environment,
+        listen: listen?,
+        signing_key: signing_key?,
+        shutdown_grace,
+        connections,
+        probes: probes?,
+    })
+}
+
+fn read_defaults(value: Option<&Value>, r: &mut Reader) -> Defaults {
+    let mut d = Defaults {
+        interval: DEFAULT_INTERVAL,
+        deadline: DEFAULT_DEADLINE,
+        publish_timeout: None,
+        payload_size: 0,
+        slo: SloDraft::default(),
+    };
+    let Some(value) = value else { return d };
+    let f = r.fields(value, "defaults", &["interval", "deadline", "publish_timeout", "payload", "slo"]);
+    if let Some(i) = r.duration(&f, "interval") {
+        d.interval = i;
+    }
+    if let Some(dl) = r.duration(&f, "deadline") {
+        d.deadline = dl;
+    }
+    d.publish_timeout = r.duration(&f, "publish_timeout");
+    if let Some(p) = f.get("payload") {
+        let pf = r.fields(p, &f.path_of("payload"), &["size"]);
+        if let Some(size) = r.u64(&pf, "size") {
+            d.payload_size = size as usize;
+        }
+    }
+    if let Some(s) = f.get("slo") {
+        d.slo = read_slo(s, &f.path_of("slo"), r);
+    }
+    d
+}
+
+fn read_connections(value: Option<&Value>, r: &mut Reader) -> BTreeMap<String, Connection> {
+    let mut out = BTreeMap::new();
+    let Some(value) = value else { return out };
+    let Value::Mapping(m) = value else {
+        r.error("connections", "expected a mapping of connection names to clients");
+        return out;
+    };
+    for (k, v) in m {
+        let Some(name) = k.as_str() else {
+            r.error("connections", "connection names must be strings");
+            continue;
+        };
+        let path = child("connections", name);
+        if let Some(conn) = read_transport_choice(v, &path, &["nats"], r)
+            .and_then(|(kind, body, p)| match kind {
+                "nats" => read_nats_connection(body, &p, r).map(Connection::Nats),
+                _ => None,
+            })
+        {
+            out.insert(name.to_owned(), conn);
+        }
+    }
+    out
+}
+
+fn read_nats_connection(value: &Value, path: &str, r: &mut Reader) -> Option<NatsConnection> {
+    let f = r.fields(
+        value,
+        path,
+        &["url", "token", "user", "password", "credentials_file", "tls"],
+    );
+    let url = r.required_string(&f, "url");
+    if let Some(u) = &url {
+        for part in u.split(',') {
+            let part = part.trim();
+            if part.is_empty() || part.contains(char::is_whitespace) {
+                r.error(&f.path_of("url"), format!("`{u}` is not a list of NATS URLs"));
+                break;
+            }
+        }
+    }
+    let token = r.secret(&f, "token");
+    let user = r.string(&f, "user");
+    let password = r.secret(&f, "password");
+    if user.is_some() != password.is_some() {
+        r.error(path, "`user` and `password` go together");
+    }
+    let credentials_file = r.string(&f, "credentials_file");
+    let tls = f.get("tls").map(|t| {
+        let tf = r.fields(t, &f.path_of("tls"), &["ca_file", "cert_file", "key_file"]);
+        let tls = TlsConfig {
+            ca_file: r.string(&tf, "ca_file"),
+            cert_file: r.string(&tf, "cert_file"),
+            key_file: r.string(&tf, "key_file"),
+        };
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            r.error(&tf.path, "`cert_file` and `key_file` go together");
+        }
+        tls
+    });
+    Some(NatsConnection {
+        url: url?,
+        token,
+        user,
+        password,
+        credentials_file,
+        tls,
+    })
+}
+
+/// Reads `{<transport>: {...}}`: exactly one key naming a transport in `supported`.
+fn read_transport_choice<'v>(
+    value: &'v Value,
+    path: &str,
+    supported: &[&str],
+    r: &mut Reader,
+) -> Option<(&'static str, &'v Value, String)> {
+    let Value::Mapping(m) = value else {
+        r.error(
+            path,
+            format!("expected one transport, e.g. `{}: {{...}}`", supported[0]),
+        );
+        return None;
+    };
+    if m.len() != 1 {
+        r.error(
+            path,
+            format!(
+                "expected exactly one transport (one of: {}), found {}",
+                supported.join(", "),
+                m.len()
+            ),
+        );
+        return None;
+    }
+    let (k, body) = m.iter().next()?;
+    let Some(name) = k.as_str() else {
+        r.error(path, "the transport name must be a string");
+        return None;
+    };
+    let p = child(path, name);
+    if let Some(known) = supported.iter().find(|s| **s == name) {
+        let known: &'static str = TRANSPORTS.iter().find(|t| *t == known).copied()?;
+        return Some((known, body, p));
+    }
+    if TRANSPORTS.contains(&name) {
+        r.error(
+            &p,
+            format!(
+                "transport `{name}` is not supported here by this version of chirp (supported: {})",
+                supported.join(", ")
+            ),
+        );
+    } else {
+        match did_you_mean(name, supported) {
+            Some(s) => r.error(&p, format!("unknown transport `{name}`; did you mean `{s}`?")),
+            None => r.error(
+                &p,
+                format!("unknown transport `{name}`; expected one of: {}", supported.join(", ")),
+            ),
+        }
+    }
+    None
+}
+
+fn read_probes(
+    value: Option<&Value>,
+    defaults: &Defaults,
+    connections: &BTreeMap<String, Connection>,
+    r: &mut Reader,
+) -> Option<Vec<ProbeConfig>> {
+    let Some(value) = value else {
+        r.error("probes", "is required: a list of probes");
+        return None;
+    };
+    let Value::Sequence(items) = value else {
+        r.error("probes", "expected a list of probes");
+        return None;
+    };
+    if items.is_empty() {
+        r.error("probes", "the list is empty: configure at least one probe");
+        return None;
+    }
+    let mut probes = Vec::new();
+    let mut ok = true;
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("probes[{i}]");
+        match read_probe(item, &path, defaults, connections, r) {
+            Some(p) => {
+                if let Some(first) = seen.insert(p.name.clone(), i) {
+                    r.error(
+                        &child(&path, "name"),
+                        format!("probe name `{}` is already used by probes[{first}]", p.name),
+                    );
+                    ok = false;
+                }
+                probes.push(p);
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(probes)
+}
+
+fn read_probe(
+    value: &Value,
+    path: &str,
+    defaults: &Defaults,
+    connections: &BTreeMap<String, Connection>,
+    r: &mut Reader,
+) -> Option<ProbeConfig> {
+    let f = r.fields(
+        value,
+        path,
+        &[
+            "name",
+            "interval",
+            "deadline",
+            "publish_timeout",
+            "inject",
+            "catch",
+            "payload",
+            "slo",
+        ],
+    );
+    let errors_before = r.errors.len();
+    let name = r.required_string(&f, "name");
+    if let Some(n) = &name {
+        if n.is_empty()
+            || n.len() > 64
+            || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            r.error(
+                &f.path_of("name"),
+                format!("`{n}` is not a valid probe name: use 1 to 64 letters, digits, `-` or `_`"),
+            );
+        }
+    }
+    let interval = r.duration(&f, "interval").unwrap_or(defaults.interval);
+    if interval < Duration::from_millis(1) {
+        r.error(&f.path_of("interval"), "must be at least 1ms");
+    }
+    let deadline = r.duration(&f, "deadline").unwrap_or(defaults.deadline);
+    if deadline.is_zero() || deadline > MAX_DEADLINE {
+        r.error(&f.path_of("deadline"), "must be more than 0 and at most 1h");
+    }
+    if deadline.as_nanos() / interval.as_nanos().max(1) > crate::probe::ledger::MAX_IN_FLIGHT {
+        r.error(
+            &f.path_of("deadline"),
+            format!(
+                "deadline / interval allows more than {} canaries in flight; use a longer interval or a shorter deadline",
+                crate::probe::ledger::MAX_IN_FLIGHT
+            ),
+        );
+    }
+    let publish_timeout = r
+        .duration(&f, "publish_timeout")
+        .or(defaults.publish_timeout)
+        .unwrap_or_else(|| DEFAULT_PUBLISH_TIMEOUT.min(deadline));
+    if publish_timeout.is_zero() || publish_timeout > deadline {
+        r.error(
+            &f.path_of("publish_timeout"),
+            "must be more than 0 and no longer than the deadline",
+        );
+    }
+
+    let inject = match f.get("inject") {
+        None => {
+            r.error(&f.path_of("inject"), "is required: where canaries are sent, e.g. `inject: {nats: {connection: main, subject: orders.in}}`");
+            None
+        }
+        Some(v) => read_inject(v, &f.path_of("inject"), connections, r),
+    };
+    let catch = match f.get("catch") {
+        None => {
+            r.error(&f.path_of("catch"), "is required: where canaries come out, e.g. `catch: {http: {}}`");
+            None
+        }
+        Some(v) => read_catch(v, &f.path_of("catch"), connections, r),
+    };
+    let payload = read_payload(f.get("payload"), &f.path_of("payload"), defaults, r);
+    let slo_draft = match f.get("slo") {
+        Some(v) => read_slo(v, &f.path_of("slo"), r),
+        None => SloDraft::default(),
+    };
+    let slo = Slo {
+        latency: slo_draft.latency.or(defaults.slo.latency),
+        delivery: slo_draft.delivery.or(defaults.slo.delivery),
+        slice: slo_draft.slice.or(defaults.slo.slice).unwrap_or(DEFAULT_SLICE),
+        period: slo_draft.period.or(defaults.slo.period).unwrap_or(DEFAULT_PERIOD),
+    };
+    check_slo(&slo, deadline, &f.path_of("slo"), r);
+
+    if r.errors.len() != errors_before {
+        return None;
+    }
+    Some(ProbeConfig {
+        name: name?,
+        interval,
+        deadline,
+        publish_timeout,
+        inject: inject?,
+        catch: catch?,
+        payload: payload?,
+        slo,
+    })
+}
+
+fn nats_connection_ref(
+    f: &Fields,
+    connections: &BTreeMap<String, Connection>,
+    r: &mut Reader,
+) -> Option<String> {
+    let name = r.required_string(f, "connection")?;
+    match connections.get(&name) {
+        Some(Connection::Nats(_)) => Some(name),
+        None => {
+            let names: Vec<&str> = connections.keys().map(String::as_str).collect();
+            let hint = match did_you_mean(&name, &names) {
+                Some(s) => format!("; did you mean `{s}`?"),
+                None if names.is_empty() => "; define it under `connections:`".to_owned(),
+                None => format!("; defined connections: {}", names.join(", ")),
+            };
+            r.error(&f.path_of("connection"), format!("no connection named `{name}`{hint}"));
+            None
+        }
+    }
+}
+
+fn nats_subject(f: &Fields, wildcards: bool, r: &mut Reader) -> Option<String> {
+    let s = r.required_string(f, "subject")?;
+    let bad = s.is_empty()
+        || s.contains(char::is_whitespace)
+        || s.split('.').any(str::is_empty)
+        || (!wildcards && s.split('.').any(|t| t == "*" || t == ">"));
+    if bad {
+        r.error(
+            &f.path_of("subject"),
+            format!("`{s}` is not a valid NATS subject{}", if wildcards { "" } else { " to publish to (no wildcards)" }),
+        );
+        return None;
+    }
+    Some(s)
+}
+
+fn read_inject(
+    value: &Value,
+    path: &str,
+    connections: &BTreeMap<String, Connection>,
+    r: &mut Reader,
+) -> Option<Inject> {
+    let (kind, body, p) = read_transport_choice(value, path, &["nats", "http"], r)?;
+    match kind {
+        "nats" => {
+            let f = r.fields(body, &p, &["connection", "subject", "headers"]);
+            let connection = nats_connection_ref(&f, connections, r);
+            let subject = nats_subject(&f, false, r);
+            let headers = r.string_map(&f, "headers");
+            Some(Inject::Nats(NatsInject {
+                connection: connection?,
+                subject: subject?,
+                headers,
+            }))
+        }
+        "http" => {
+            let f = r.fields(body, &p, &["url", "method", "headers", "signature_header"]);
+            let url = r.required_string(&f, "url");
+            if let Some(u) = &url {
+                if !(u.starts_with("http://") || u.starts_with("https://") || u.starts_with('/')) {
+                    r.error(
+                        &f.path_of("url"),
+                        format!("`{u}` must start with http://, https:// or / (a path on chirp's own listener)"),
+                    );
+                }
+            }
+            let method = match r.string(&f, "method").as_deref().map(str::to_ascii_uppercase) {
+                None => Some(HttpMethod::Post),
+                Some(m) if m == "POST" => Some(HttpMethod::Post),
+                Some(m) if m == "PUT" => Some(HttpMethod::Put),
+                Some(m) => {
+                    r.error(&f.path_of("method"), format!("`{m}` is not supported; use POST or PUT"));
+                    None
+                }
+            };
+            let headers = r
+                .string_map(&f, "headers")
+                .into_iter()
+                .map(|(k, v)| (k, Secret::new(v)))
+                .collect();
+            let signature_header = header_name(&f, "signature_header", r)?;
+            Some(Inject::Http(HttpInject {
+                url: url?,
+                method: method?,
+                headers,
+                signature_header,
+            }))
+        }
+        _ => None,
+    }
+}
+
+fn header_name(f: &Fields, key: &str, r: &mut Reader) -> Option<String> {
+    let name = r.string(f, key).unwrap_or_else(|| DEFAULT_SIGNATURE_HEADER.into());
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        r.error(&f.path_of(key), format!("`{name}` is not a valid header name"));
+        return None;
+    }
+    Some(name)
+}
+
+fn read_catch(
+    value: &Value,
+    path: &str,
+    connections: &BTreeMap<String, Connection>,
+    r: &mut Reader,
+) -> Option<Catch> {
+    let (kind, body, p) = read_transport_choice(value, path, &["nats", "http"], r)?;
+    match kind {
+        "nats" => {
+            let f = r.fields(body, &p, &["connection", "subject", "queue_group"]);
+            let connection = nats_connection_ref(&f, connections, r);
+            let subject = nats_subject(&f, true, r);
+            let queue_group = r.string(&f, "queue_group");
+            Some(Catch::Nats(NatsCatch {
+                connection: connection?,
+                subject: subject?,
+                queue_group,
+            }))
+        }
+        "http" => {
+            let f = r.fields(body, &p, &["signature_header", "secret"]);
+            let signature_header = header_name(&f, "signature_header", r)?;
+            let secret = r.secret(&f, "secret");
+            Some(Catch::Http(HttpCatch {
+                signature_header,
+                secret,
+            }))
+        }
+        _ => None,
+    }
+}
+
+fn read_payload(value: Option<&Value>, path: &str, defaults: &Defaults, r: &mut Reader) -> Option<Payload> {
+    let mut p = Payload {
+        size: defaults.payload_size,
+        token_pointer: None,
+    };
+    if let Some(v) = value {
+        let f = r.fields(v, path, &["size", "token_pointer"]);
+        if let Some(size) = r.u64(&f, "size") {
+            p.size = size as usize;
+        }
+        p.token_pointer = r.string(&f, "token_pointer");
+        if let Some(ptr) = &p.token_pointer {
+            if !ptr.is_empty() && !ptr.starts_with('/') {
+                r.error(&f.path_of("token_pointer"), format!("`{ptr}` is not a JSON pointer; write e.g. `/meta/chirp_token`"));
+            }
+        }
+    }
+    if p.size > MAX_PAYLOAD {
+        r.error(&child(path, "size"), format!("{} bytes is more than the limit of {MAX_PAYLOAD}", p.size));
+        return None;
+    }
+    Some(p)
+}
+
+fn read_slo(value: &Value, path: &str, r: &mut Reader) -> SloDraft {
+    let f = r.fields(value, path, &["latency", "delivery", "slice", "period"]);
+    let latency = f.get("latency").and_then(|v| {
+        let lf = r.fields(v, &f.path_of("latency"), &["threshold", "objective"]);
+        let threshold = r.duration(&lf, "threshold");
+        let objective = r.percent(&lf, "objective");
+        if !lf.has("threshold") {
+            r.error(&lf.path_of("threshold"), "is required, e.g. `threshold: 500ms`");
+        }
+        if !lf.has("objective") {
+            r.error(&lf.path_of("objective"), "is required, e.g. `objective: 99%`");
+        }
+        Some(LatencyObjective {
+            threshold: threshold?,
+            objective: objective?,
+        })
+    });
+    let delivery = f.get("delivery").and_then(|v| {
+        let df = r.fields(v, &f.path_of("delivery"), &["objective"]);
+        if !df.has("objective") {
+            r.error(&df.path_of("objective"), "is required, e.g. `objective: 99.9%`");
+        }
+        Some(DeliveryObjective {
+            objective: r.percent(&df, "objective")?,
+        })
+    });
+    SloDraft {
+        latency,
+        delivery,
+        slice: r.duration(&f, "slice"),
+        period: r.duration(&f, "period"),
+    }
+}
+
+fn check_slo(slo: &Slo, deadline: Duration, path: &str, r: &mut Reader) {
+    if let Some(l) = slo.latency {
+        if l.threshold.is_zero() || l.threshold >= deadline {
+            r.error(
+                &format!("{path}.latency.threshold"),
+                format!(
+                    "{} must be above 0 and below the probe's deadline ({})",
+                    humantime::format_duration(l.threshold),
+                    humantime::format_duration(deadline)
+                ),
+            );
+        }
+    }
+    let day = 86_400_000u128;
+    let slice_ms = slo.slice.as_millis();
+    if slice_ms < 1000 || slo.slice.subsec_nanos() != 0 || day % slice_ms != 0 {
+        r.error(
+            &format!("{path}.slice"),
+            format!(
+                "{} must be a whole number of seconds that divides a day (e.g. 1m, 5m, 1h)",
+                humantime::format_duration(slo.slice)
+            ),
+        );
+    } else if slo.period.as_millis() % slice_ms != 0 || slo.period < slo.slice {
+        r.error(
+            &format!("{path}.period"),
+            format!(
+                "{} must be a whole number of slices ({})",
+                humantime::format_duration(slo.period),
+                humantime::format_duration(slo.slice)
+            ),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,176 @@
+use super::*;
+use std::collections::HashMap;
+
+fn env() -> HashMap<String, String> {
+    HashMap::from([("KEY".to_owned(), "a-long-enough-signing-key".to_owned())])
+}
+
+const GOOD: &str = r#"
+environment: staging
+listen: 127.0.0.1:9999
+signing_key: ${KEY}
+defaults:
+  interval: 500ms
+  slo:
+    latency: {threshold: 250ms, objective: 99%}
+connections:
+  main:
+    nats:
+      url: nats://127.0.0.1:4222
+      token: s3cr3t-token
+probes:
+  - name: orders
+    inject: {nats: {connection: main, subject: orders.in}}
+    catch: {nats: {connection: main, subject: orders.out}}
+    slo:
+      delivery: {objective: 99.9%}
+  - name: self-test
+    interval: 100ms
+    deadline: 5s
+    inject:
+      http:
+        url: /hooks/self-test
+        headers: {Authorization: Bearer abc}
+    catch:
+      http: {}
+    payload: {size: 512}
+"#;
+
+#[test]
+fn reads_a_valid_file_with_defaults_applied() {
+    let c = load_str(GOOD, &env()).unwrap();
+    assert_eq!(c.environment, "staging");
+    assert_eq!(c.listen.port(), 9999);
+    assert_eq!(c.signing_key.expose(), "a-long-enough-signing-key");
+    assert_eq!(c.probes.len(), 2);
+    let orders = &c.probes[0];
+    assert_eq!(orders.interval, Duration::from_millis(500));
+    assert_eq!(orders.deadline, DEFAULT_DEADLINE);
+    assert_eq!(orders.publish_timeout, DEFAULT_PUBLISH_TIMEOUT);
+    assert_eq!(orders.slo.latency.unwrap().threshold, Duration::from_millis(250));
+    assert_eq!(orders.slo.delivery.unwrap().objective, 99.9);
+    assert_eq!(orders.slo.slice, DEFAULT_SLICE);
+    assert!(matches!(&orders.inject, Inject::Nats(n) if n.subject == "orders.in"));
+    let st = &c.probes[1];
+    assert_eq!(st.publish_timeout, Duration::from_secs(5), "capped by the deadline");
+    assert_eq!(st.payload.size, 512);
+    assert!(matches!(&st.catch, Catch::Http(h) if h.signature_header == "X-Chirp-Signature"));
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output() {
+    let c = load_str(GOOD, &env()).unwrap();
+    let dbg = format!("{c:?}");
+    for secret in ["a-long-enough-signing-key", "s3cr3t-token", "Bearer abc"] {
+        assert!(!dbg.contains(secret), "{secret} leaked in {dbg}");
+    }
+}
+
+fn errors(text: &str) -> Vec<String> {
+    load_str(text, &env())
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn reports_all_independent_mistakes_with_paths_and_lines() {
+    let text = r#"signing_key: ${KEY}
+connections:
+  main:
+    nats: {url: "nats://127.0.0.1:4222"}
+probes:
+  - name: a
+    intervall: 1s
+    inject: {nats: {connection: main, subject: a.in}}
+    catch: {nats: {connection: mian, subject: a.out}}
+  - name: b
+    deadline: soon
+    inject: {http: {url: /hooks/b}}
+    catch: {http: {}}
+"#;
+    let e = errors(text);
+    assert_eq!(e.len(), 3, "{e:#?}");
+    assert_eq!(
+        e[0],
+        "probes[0].intervall: unknown key `intervall`; did you mean `interval`? (line 7, column 5)"
+    );
+    assert!(
+        e[1].starts_with("probes[0].catch.nats.connection: no connection named `mian`; did you mean `main`?"),
+        "{}",
+        e[1]
+    );
+    assert!(e[1].ends_with("(line 9, column 20)"), "{}", e[1]);
+    assert!(e[2].starts_with("probes[1].deadline: `soon` is not a duration"), "{}", e[2]);
+    assert!(e[2].ends_with("(line 11, column 5)"), "{}", e[2]);
+}
+
+#[test]
+fn a_missing_variable_is_named() {
+    let text = "signing_key: ${CHIRP_TEST_UNSET_KEY}\nprobes:\n  - name: a\n    inject: {http: {url: /hooks/a}}\n    catch: {http: {}}\n";
+    let e = errors(text);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with("signing_key: environment variable `CHIRP_TEST_UNSET_KEY` is not set"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn unknown_transports_and_slo_mistakes_are_explained() {
+    let text = r#"signing_key: ${KEY}
+probes:
+  - name: a
+    deadline: 1s
+    inject: {natz: {}}
+    catch: {kafka: {}}
+    slo:
+      latency: {threshold: 2s, objective: 100%}
+      slice: 7m
+"#;
+    let e = errors(text);
+    let joined = e.join("\n");
+    assert!(joined.contains("probes[0].inject.natz: unknown transport `natz`; did you mean `nats`?"), "{joined}");
+    assert!(joined.contains("probes[0].catch.kafka: transport `kafka` is not supported"), "{joined}");
+    assert!(joined.contains("probes[0].slo.latency.objective: objective `100%` must be strictly between"), "{joined}");
+    assert!(joined.contains("probes[0].slo.slice: 7m must be a whole number of seconds that divides a day"), "{joined}");
+    assert_eq!(e.len(), 4, "{joined}");
+}
+
+#[test]
+fn threshold_must_be_below_the_deadline_and_period_whole_slices() {
+    let text = r#"signing_key: ${KEY}
+probes:
+  - name: a
+    deadline: 1s
+    inject: {http: {url: /hooks/a}}
+    catch: {http: {}}
+    slo:
+      latency: {threshold: 1s, objective: 99%}
+      slice: 5m
+      period: 7m
+"#;
+    let joined = errors(text).join("\n");
+    assert!(joined.contains("probes[0].slo.latency.threshold: 1s must be above 0 and below the probe's deadline (1s)"), "{joined}");
+    assert!(joined.contains("probes[0].slo.period: 7m must be a whole number of slices (5m)"), "{joined}");
+}
+
+#[test]
+fn duplicate_names_short_keys_and_bad_yaml() {
+    let text = "signing_key: short\nprobes:\n  - name: a\n    inject: {http: {url: /x}}\n    catch: {http: {}}\n  - name: a\n    inject: {http: {url: ftp://x}}\n    catch: {http: {}}\n";
+    let joined = errors(text).join("\n");
+    assert!(joined.contains("signing_key: is too short"), "{joined}");
+    assert!(joined.contains("probes[1].name: probe name `a` is already used by probes[0]") || joined.contains("probes[1].inject.http.url: `ftp://x` must start with"), "{joined}");
+    let e = errors("probes: [\n");
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("not valid YAML"), "{}", e[0]);
+}
+
+#[test]
+fn secret_values_are_not_quoted_in_errors() {
+    let text = "signing_key: [not, a, string]\nprobes: []\n";
+    let joined = errors(text).join("\n");
+    assert!(joined.contains("signing_key: expected a string, found a list"), "{joined}");
+}

@@ -1,0 +1,237 @@
+//! Latency statistics: HDR histograms (3 significant figures, microsecond
+//! resolution, saturating) kept cumulatively and over a rolling window, plus
+//! fixed Prometheus buckets. Memory is bounded: histograms grow only up to the
+//! largest value they may hold (the probe's deadline).
+
+use hdrhistogram::Histogram;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Length of the rolling window.
+pub const WINDOW: Duration = Duration::from_secs(60);
+/// The window is made of this many slots; the oldest drops every `WINDOW / SLOTS`.
+const SLOTS: usize = 6;
+
+/// Default Prometheus bucket bounds, in seconds.
+pub const DEFAULT_BUCKETS: &[f64] = &[
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0, 60.0,
+];
+
+/// Percentiles of one histogram, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Summary {
+    pub count: u64,
+    pub min: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Summary {
+    fn of(h: &Histogram<u64>) -> Summary {
+        if h.is_empty() {
+            return Summary::default();
+        }
+        let s = |us: u64| us as f64 / 1e6;
+        // HDR reports the highest value equivalent to the bucket; clamp to the true max.
+        let q = |p: f64| s(h.value_at_quantile(p).min(h.max()));
+        Summary {
+            count: h.len(),
+            min: s(h.min()),
+            p50: q(0.50),
+            p90: q(0.90),
+            p95: q(0.95),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: s(h.max()),
+            mean: h.mean() / 1e6,
+        }
+    }
+
+    /// The named quantiles, for exporters.
+    pub fn quantiles(&self) -> [(&'static str, f64); 5] {
+        [
+            ("0.5", self.p50),
+            ("0.9", self.p90),
+            ("0.95", self.p95),
+            ("0.99", self.p99),
+            ("0.999", self.p999),
+        ]
+    }
+}
+
+/// Cumulative and rolling-window latency for one measure of one probe.
+#[derive(Debug)]
+pub struct LatencyStats {
+    cumulative: Histogram<u64>,
+    window: Vec<Histogram<u64>>,
+    /// Index of the slot being written.
+    current: usize,
+    /// When the current slot began.
+    slot_start: Instant,
+    slot_len: Duration,
+    /// Values above this are recorded as this (saturation, never an error).
+    max_us: u64,
+    /// Prometheus histogram: upper bounds in microseconds and in seconds, and non-cumulative counts.
+    bounds_us: Vec<u64>,
+    bounds_s: Vec<f64>,
+    bucket_counts: Vec<u64>,
+    sum_s: f64,
+}
+
+fn histogram() -> Histogram<u64> {
+    // Auto-resizing: memory follows the largest value seen, never more than `max_us` needs.
+    let mut h = Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures is valid"));
+    h.auto(true);
+    h
+}
+
+impl LatencyStats {
+    /// `max` bounds the values kept; `extra_bounds` are added to the default
+    /// Prometheus buckets exactly (e.g. SLO thresholds).
+    pub fn new(max: Duration, extra_bounds: &[Duration], now: Instant) -> Self {
+        let mut bounds_us: Vec<u64> = DEFAULT_BUCKETS
+            .iter()
+            .map(|s| (s * 1e6).round() as u64)
+            .chain(extra_bounds.iter().map(|d| d.as_micros() as u64))
+            .collect();
+        bounds_us.sort_unstable();
+        bounds_us.dedup();
+        let bounds_s = bounds_us.iter().map(|us| *us as f64 / 1e6).collect();
+        let n = bounds_us.len();
+        LatencyStats {
+            cumulative: histogram(),
+            window: (0..SLOTS).map(|_| histogram()).collect(),
+            current: 0,
+            slot_start: now,
+            slot_len: WINDOW / SLOTS as u32,
+            max_us: max.as_micros().max(1) as u64,
+            bounds_us,
+            bounds_s,
+            bucket_counts: vec![0; n + 1],
+            sum_s: 0.0,
+        }
+    }
+
+    pub fn record(&mut self, value: Duration, now: Instant) {
+        self.rotate(now);
+        let us = (value.as_micros() as u64).min(self.max_us);
+        // `us` is clamped, so auto-resizing stays bounded; `record` only
+        // fails on count overflow (2^64 values), where saturating is right.
+        for h in [&mut self.cumulative, &mut self.window[self.current]] {
+            if h.record(us).is_err() {
+                h.saturating_record(us);
+            }
+        }
+        let i = self.bounds_us.partition_point(|b| *b < us);
+        self.bucket_counts[i] = self.bucket_counts[i].saturating_add(1);
+        self.sum_s += us as f64 / 1e6;
+    }
+
+    /// Drops the slots that have aged out of the window.
+    fn rotate(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.slot_start);
+        if elapsed < self.slot_len {
+            return;
+        }
+        let steps = (elapsed.as_nanos() / self.slot_len.as_nanos()) as u64;
+        for _ in 0..steps.min(SLOTS as u64) {
+            self.current = (self.current + 1) % SLOTS;
+            self.window[self.current].reset();
+        }
+        self.slot_start += self.slot_len * steps.min(u32::MAX as u64) as u32;
+    }
+
+    pub fn cumulative(&self) -> Summary {
+        Summary::of(&self.cumulative)
+    }
+
+    /// Percentiles over the last [`WINDOW`] (between 50 and 60 s, as slots age out).
+    pub fn window(&mut self, now: Instant) -> Summary {
+        self.rotate(now);
+        let mut merged = histogram();
+        for h in &self.window {
+            // Both sides use the same precision, so adding cannot fail.
+            let _ = merged.add(h);
+        }
+        Summary::of(&merged)
+    }
+
+    /// Prometheus histogram: (upper bound in seconds, cumulative count) pairs, the sum and the count.
+    pub fn buckets(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        let mut acc = 0u64;
+        let mut out = Vec::with_capacity(self.bounds_s.len() + 1);
+        for (bound, n) in self.bounds_s.iter().zip(&self.bucket_counts) {
+            acc += n;
+            out.push((*bound, acc));
+        }
+        acc += self.bucket_counts[self.bounds_s.len()];
+        out.push((f64::INFINITY, acc));
+        (out, self.sum_s, acc)
+    }
+
+    pub fn count(&self) -> u64 {
+        self.cumulative.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn percentiles_are_within_three_significant_figures() {
+        let now = Instant::now();
+        let mut s = LatencyStats::new(Duration::from_secs(30), &[], now);
+        for ms in 1..=1000u64 {
+            s.record(Duration::from_micros(ms * 1000), now);
+        }
+        let c = s.cumulative();
+        assert_eq!(c.count, 1000);
+        assert!((c.p50 - 0.500).abs() <= 0.0005, "{}", c.p50);
+        assert!((c.p99 - 0.990).abs() <= 0.001, "{}", c.p99);
+        assert!((c.max - 1.0).abs() <= 0.001, "{}", c.max);
+        assert_eq!(s.window(now), c);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn window_forgets_old_values_but_cumulative_keeps_them() {
+        let t0 = Instant::now();
+        let mut s = LatencyStats::new(Duration::from_secs(30), &[], t0);
+        s.record(Duration::from_millis(900), t0);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        s.record(Duration::from_millis(1), Instant::now());
+        assert_eq!(s.window(Instant::now()).count, 2);
+        // 61 s after the first value, its slot has aged out.
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let w = s.window(Instant::now());
+        assert_eq!(w.count, 1);
+        assert!(w.max < 0.002);
+        assert_eq!(s.cumulative().count, 2);
+        // After a long silence the window is empty.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(s.window(Instant::now()).count, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn saturates_at_the_maximum_and_buckets_include_extra_bounds() {
+        let now = Instant::now();
+        let mut s = LatencyStats::new(Duration::from_secs(1), &[Duration::from_millis(300)], now);
+        s.record(Duration::from_secs(100), now);
+        s.record(Duration::from_millis(300), now);
+        s.record(Duration::from_micros(300_001), now);
+        assert!(s.cumulative().max <= 1.001);
+        let (buckets, _sum, count) = s.buckets();
+        assert_eq!(count, 3);
+        let at = |b: f64| buckets.iter().find(|(x, _)| *x == b).map(|(_, n)| *n);
+        assert_eq!(at(0.3), Some(1), "the 300ms bound is exact and inclusive");
+        assert_eq!(at(0.5), Some(2));
+        assert_eq!(at(1.0), Some(3));
+        assert_eq!(buckets.last().map(|b| b.1), Some(3));
+    }
+}
