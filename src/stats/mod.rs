@@ -65,6 +65,22 @@ impl Summary {
     }
 }
 
+/// A Prometheus histogram: per-bucket (not cumulative) counts by upper bound
+/// in seconds; the last bound is `f64::MAX`, meaning +Inf.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Buckets {
+    pub counts: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Buckets {
+    /// Canaries at or below `bound` seconds.
+    pub fn at_or_below(&self, bound: f64) -> u64 {
+        self.counts.iter().take_while(|(b, _)| *b <= bound).map(|(_, n)| n).sum()
+    }
+}
+
 /// Cumulative and rolling-window latency for one measure of one probe.
 #[derive(Debug)]
 pub struct LatencyStats {
@@ -162,17 +178,20 @@ impl LatencyStats {
         Summary::of(&merged)
     }
 
-    /// Prometheus histogram: (upper bound in seconds, cumulative count) pairs, the sum and the count.
-    pub fn buckets(&self) -> (Vec<(f64, u64)>, f64, u64) {
-        let mut acc = 0u64;
-        let mut out = Vec::with_capacity(self.bounds_s.len() + 1);
-        for (bound, n) in self.bounds_s.iter().zip(&self.bucket_counts) {
-            acc += n;
-            out.push((*bound, acc));
+    /// The Prometheus histogram.
+    pub fn buckets(&self) -> Buckets {
+        let mut counts: Vec<(f64, u64)> = self
+            .bounds_s
+            .iter()
+            .copied()
+            .zip(self.bucket_counts.iter().copied())
+            .collect();
+        counts.push((f64::MAX, self.bucket_counts[self.bounds_s.len()]));
+        Buckets {
+            count: self.bucket_counts.iter().sum(),
+            sum: self.sum_s,
+            counts,
         }
-        acc += self.bucket_counts[self.bounds_s.len()];
-        out.push((f64::INFINITY, acc));
-        (out, self.sum_s, acc)
     }
 
     pub fn count(&self) -> u64 {
@@ -226,12 +245,12 @@ mod tests {
         s.record(Duration::from_millis(300), now);
         s.record(Duration::from_micros(300_001), now);
         assert!(s.cumulative().max <= 1.001);
-        let (buckets, _sum, count) = s.buckets();
-        assert_eq!(count, 3);
-        let at = |b: f64| buckets.iter().find(|(x, _)| *x == b).map(|(_, n)| *n);
-        assert_eq!(at(0.3), Some(1), "the 300ms bound is exact and inclusive");
-        assert_eq!(at(0.5), Some(2));
-        assert_eq!(at(1.0), Some(3));
-        assert_eq!(buckets.last().map(|b| b.1), Some(3));
+        let b = s.buckets();
+        assert_eq!(b.count, 3);
+        assert!(b.counts.iter().any(|(x, _)| *x == 0.3), "the 300ms bound is exact");
+        assert_eq!(b.at_or_below(0.3), 1, "bounds are inclusive");
+        assert_eq!(b.at_or_below(0.5), 2);
+        assert_eq!(b.at_or_below(1.0), 3, "100 s saturates at the 1 s maximum");
+        assert_eq!(b.at_or_below(f64::MAX), 3);
     }
 }

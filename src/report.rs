@@ -1,0 +1,191 @@
+//! What chirp tells people: per-probe reports for `/api/probes`, the status
+//! page and `chirp check`, the text table, and the pass/fail evaluation of
+//! `check`'s gates.
+
+use crate::probe::ledger::{Counts, FailureKind, Latencies};
+use crate::probe::Probe;
+use crate::stats::Summary;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Everything known about one probe at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeReport {
+    pub name: String,
+    pub inject: &'static str,
+    pub catch: &'static str,
+    pub interval_seconds: f64,
+    pub deadline_seconds: f64,
+    pub up: bool,
+    pub counts: Counts,
+    pub publish_failed_by_kind: BTreeMap<&'static str, u64>,
+    /// End-to-end latency, seconds.
+    pub latency: Latencies,
+    pub publish_latency: Latencies,
+    pub schedule_lag: Latencies,
+}
+
+impl ProbeReport {
+    pub fn of(p: &Probe, now: Instant) -> Self {
+        let snap = p.snapshot(now);
+        ProbeReport {
+            name: p.name().to_owned(),
+            inject: p.config.inject.system(),
+            catch: p.config.catch.system(),
+            interval_seconds: p.config.interval.as_secs_f64(),
+            deadline_seconds: p.config.deadline.as_secs_f64(),
+            up: p.is_up(),
+            publish_failed_by_kind: FailureKind::ALL
+                .iter()
+                .map(|k| (k.as_str(), snap.counts.failed(*k)))
+                .collect(),
+            counts: snap.counts,
+            latency: snap.latency,
+            publish_latency: snap.publish_latency,
+            schedule_lag: snap.schedule_lag,
+        }
+    }
+}
+
+/// Which latency span a table shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    /// The last minute (the live status page).
+    Window,
+    /// Since start (a `check` run).
+    Total,
+}
+
+/// Formats seconds for people: `850µs`, `12.3ms`, `1.25s`.
+pub fn human_seconds(s: f64) -> String {
+    if s < 0.001 {
+        format!("{:.0}µs", s * 1e6)
+    } else if s < 1.0 {
+        let ms = format!("{:.3}", s * 1e3);
+        format!("{}ms", ms.trim_end_matches('0').trim_end_matches('.'))
+    } else {
+        format!("{s:.3}s")
+    }
+}
+
+fn cell(s: &Summary, pick: fn(&Summary) -> f64) -> String {
+    if s.count == 0 {
+        "-".into()
+    } else {
+        human_seconds(pick(s))
+    }
+}
+
+/// The per-probe table shown by `check` and the status page.
+pub fn text_table(rows: &[ProbeReport], span: Span) -> String {
+    let header = [
+        "PROBE", "SENT", "DELIVERED", "LOST", "FAILED", "IN-FLIGHT", "DUP", "LATE", "REORDERED", "P50", "P90", "P99",
+        "P99.9", "MAX",
+    ];
+    let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for r in rows {
+        let c = &r.counts;
+        let s = match span {
+            Span::Window => &r.latency.window,
+            Span::Total => &r.latency.cumulative,
+        };
+        table.push(vec![
+            r.name.clone(),
+            c.sent.to_string(),
+            c.delivered.to_string(),
+            c.lost.to_string(),
+            c.publish_failed.to_string(),
+            c.in_flight.to_string(),
+            c.duplicate.to_string(),
+            c.late.to_string(),
+            c.reordered.to_string(),
+            cell(s, |s| s.p50),
+            cell(s, |s| s.p90),
+            cell(s, |s| s.p99),
+            cell(s, |s| s.p999),
+            cell(s, |s| s.max),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| table.iter().map(|row| row[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &table {
+        let mut line = String::new();
+        for (i, v) in row.iter().enumerate() {
+            let pad = widths[i] - v.chars().count();
+            if i == 0 {
+                let _ = write!(line, "{v}{}", " ".repeat(pad));
+            } else {
+                let _ = write!(line, "  {}{v}", " ".repeat(pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `check`'s pass/fail gates from the command line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gates {
+    /// Highest acceptable share of sent canaries not delivered, in percent.
+    pub max_loss_percent: Option<f64>,
+    /// Highest acceptable end-to-end p99.
+    pub max_p99: Option<Duration>,
+}
+
+/// One objective's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Objective {
+    pub name: &'static str,
+    pub measured: f64,
+    pub target: f64,
+    pub unit: &'static str,
+    pub met: bool,
+}
+
+/// Evaluates the gates for one probe over the whole run.
+pub fn evaluate(r: &ProbeReport, gates: &Gates) -> Vec<Objective> {
+    let mut out = Vec::new();
+    let c = &r.counts;
+    if let Some(max) = gates.max_loss_percent {
+        let bad = c.lost + c.publish_failed;
+        let loss = if c.sent == 0 { 100.0 } else { bad as f64 * 100.0 / c.sent as f64 };
+        out.push(Objective {
+            name: "max_loss",
+            measured: loss,
+            target: max,
+            unit: "percent",
+            met: c.sent > 0 && loss <= max,
+        });
+    }
+    if let Some(max) = gates.max_p99 {
+        let s = &r.latency.cumulative;
+        let p99 = if s.count == 0 { f64::INFINITY } else { s.p99 };
+        out.push(Objective {
+            name: "max_p99",
+            measured: p99,
+            target: max.as_secs_f64(),
+            unit: "seconds",
+            met: s.count > 0 && p99 <= max.as_secs_f64(),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_read_naturally() {
+        assert_eq!(human_seconds(0.000_85), "850µs");
+        assert_eq!(human_seconds(0.0123), "12.3ms");
+        assert_eq!(human_seconds(0.5), "500ms");
+        assert_eq!(human_seconds(1.25), "1.250s");
+    }
+}
