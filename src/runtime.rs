@@ -109,7 +109,7 @@ impl Runtime {
         let mut probes = Vec::new();
         let mut others = JoinSet::new();
         let mut injectors = Vec::new();
-        for (i, pc) in config.probes.iter().enumerate() {
+        for pc in &config.probes {
             let hook_signer = match &pc.catch {
                 Catch::Http(h) => h
                     .secret
@@ -118,9 +118,7 @@ impl Runtime {
                     .unwrap_or_else(|| signer.clone()),
                 Catch::Nats(_) => signer.clone(),
             };
-            // Spread probes over the interval so they do not all send at once.
-            let phase = pc.interval * i as u32 / n;
-            let probe = Arc::new(Probe::new(pc.clone(), run_id, signer.clone(), hook_signer, start + phase));
+            let probe = Arc::new(Probe::new(pc.clone(), run_id, signer.clone(), hook_signer, start));
             let injector = match &pc.inject {
                 Inject::Nats(ni) => Injector::Nats(nats::NatsInjector::new(
                     clients[&ni.connection].clone(),
@@ -158,13 +156,6 @@ impl Runtime {
             probes.push(probe);
         }
 
-        // Subscriptions must reach the server before the first canary is sent.
-        for client in clients.values() {
-            if nats::is_connected(client) {
-                let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
-            }
-        }
-
         let state = AppState::new(config.environment.clone(), probes.clone());
         let app = server::router(state);
         let stop = server_stop.clone();
@@ -177,10 +168,17 @@ impl Runtime {
             }
         });
 
-        let until = opts.duration.map(|d| start + d);
         let mut injects = JoinSet::new();
-        for (probe, injector) in probes.iter().zip(injectors) {
-            injects.spawn(Arc::clone(probe).inject_loop(injector, inject_stop.clone(), opts.count, until));
+        for (i, (probe, injector)) in probes.iter().zip(injectors).enumerate() {
+            // Spread probes over their interval so they do not all send at once.
+            let phase = probe.config.interval * i as u32 / n;
+            injects.spawn(Arc::clone(probe).inject_loop(
+                injector,
+                inject_stop.clone(),
+                phase,
+                opts.count,
+                opts.duration,
+            ));
         }
         Ok(Runtime {
             addr,
@@ -192,6 +190,13 @@ impl Runtime {
             injects,
             others,
         })
+    }
+
+    /// Waits until every probe's catch side listens and its schedule has started.
+    pub async fn ready(&self) {
+        for p in &self.probes {
+            p.ready().await;
+        }
     }
 
     /// Waits until every inject loop has ended (its count or duration reached).

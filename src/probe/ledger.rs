@@ -172,6 +172,15 @@ impl Ledger {
         }
     }
 
+    /// Moves the schedule's start to `start`, before any canary was sent (a
+    /// probe starts its schedule once its catch side is ready). Later calls
+    /// are ignored: moving a running schedule would change past latencies.
+    pub fn start_schedule(&mut self, start: Instant) {
+        if self.next_seq == 0 {
+            self.start = start;
+        }
+    }
+
     /// The intended send time of `seq`: its slot in the fixed-rate schedule.
     pub fn intended(&self, seq: u64) -> Instant {
         let nanos = self.interval.as_nanos().saturating_mul(seq as u128);

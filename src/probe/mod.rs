@@ -48,6 +48,8 @@ pub struct Probe {
     ledger: Mutex<Ledger>,
     /// The clients this probe depends on, set once when the runtime connects them.
     links: OnceLock<Links>,
+    /// True once the catch side is confirmed listening and the schedule has started.
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 /// The clients a probe depends on, for readiness.
@@ -74,6 +76,32 @@ impl Probe {
             hook_signer,
             ledger: Mutex::new(ledger),
             links: OnceLock::new(),
+            ready: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// Waits until the probe's catch side listens and its schedule has started.
+    pub async fn ready(&self) {
+        let _ = self.ready.subscribe().wait_for(|r| *r).await;
+    }
+
+    /// Waits until the catch side is confirmed listening (a NATS subscription
+    /// acknowledged by the server), so the first canaries cannot be missed by
+    /// a subscription still on its way. Returns false if stopped first.
+    async fn wait_catch_ready(&self, stop: &CancellationToken) -> bool {
+        let Some(client) = self.links.get().and_then(|l| l.catch.clone()) else {
+            return true;
+        };
+        loop {
+            if crate::transport::nats::is_connected(&client)
+                && tokio::time::timeout(Duration::from_secs(2), client.flush()).await.is_ok_and(|r| r.is_ok())
+            {
+                return true;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
         }
     }
 
@@ -135,15 +163,24 @@ impl Probe {
         }
     }
 
-    /// Sends canaries on schedule until `stop`, or until `limit` canaries
-    /// were sent or the schedule reached `until`. Also sweeps expired canaries.
+    /// Once the catch side is ready, starts the schedule `phase` later and
+    /// sends canaries until `stop`, or until `limit` canaries were sent or
+    /// `duration` has passed. Also sweeps expired canaries.
     pub async fn inject_loop(
         self: Arc<Self>,
         injector: Arc<Injector>,
         stop: CancellationToken,
+        phase: Duration,
         limit: Option<u64>,
-        until: Option<Instant>,
+        duration: Option<Duration>,
     ) {
+        if !self.wait_catch_ready(&stop).await {
+            return;
+        }
+        let start = Instant::now() + phase;
+        self.ledger().start_schedule(start);
+        self.ready.send_replace(true);
+        let until = duration.map(|d| start + d);
         let timeout = self.config.publish_timeout;
         let deadline = self.config.deadline;
         loop {
