@@ -54,7 +54,8 @@ impl std::fmt::Debug for Signer {
 impl Signer {
     pub fn new(key: &[u8]) -> Self {
         // HMAC takes keys of any length; this cannot fail.
-        let mac = HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        let mac = HmacSha256::new_from_slice(key)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
         Signer { mac }
     }
 
@@ -78,7 +79,8 @@ impl Signer {
         hex::decode_to_slice(mac_hex, &mut mac).map_err(|_| TokenError::Malformed)?;
         let mut m = self.mac.clone();
         m.update(body.as_bytes());
-        m.verify_truncated_left(&mac).map_err(|_| TokenError::BadMac)?;
+        m.verify_truncated_left(&mac)
+            .map_err(|_| TokenError::BadMac)?;
         Ok(token)
     }
 
@@ -119,14 +121,20 @@ fn parse(s: &str) -> Result<(Token, &str, &str), TokenError> {
         return Err(TokenError::Malformed);
     }
     let mut parts = body[PREFIX.len()..].split('.');
-    let (Some(probe), Some(run), Some(seq), Some(sent), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(probe), Some(run), Some(seq), Some(sent), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
         return Err(TokenError::Malformed);
     };
     let probe_ok = !probe.is_empty()
         && probe.len() <= 64
-        && probe.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && probe
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if !probe_ok || run.len() != 16 || !all_digits(seq) || !all_digits(sent) {
         return Err(TokenError::Malformed);
     }
@@ -160,14 +168,20 @@ pub fn scan(body: &[u8]) -> Option<&str> {
     let prefix = PREFIX.as_bytes();
     let mut from = 0;
     while from + prefix.len() <= body.len() {
-        let rel = body[from..].windows(prefix.len()).position(|w| w == prefix)?;
+        let rel = body[from..]
+            .windows(prefix.len())
+            .position(|w| w == prefix)?;
         let start = from + rel;
         // A prefix glued to a longer word (`xchirp1.`) is not a token start.
         if start > 0 && is_token_byte(body[start - 1]) {
             from = start + 1;
             continue;
         }
-        let len = body[start..].iter().take(MAX_LEN + 1).take_while(|b| is_token_byte(**b)).count();
+        let len = body[start..]
+            .iter()
+            .take(MAX_LEN + 1)
+            .take_while(|b| is_token_byte(**b))
+            .count();
         // Token bytes are ASCII, so this slice is valid UTF-8.
         return std::str::from_utf8(&body[start..start + len]).ok();
     }
@@ -175,7 +189,11 @@ pub fn scan(body: &[u8]) -> Option<&str> {
 }
 
 /// Where a token was looked for in a message, in order: header, JSON pointer, body scan.
-pub fn find<'a>(header: Option<&'a str>, body: &'a [u8], pointer: Option<&str>) -> Option<std::borrow::Cow<'a, str>> {
+pub fn find<'a>(
+    header: Option<&'a str>,
+    body: &'a [u8],
+    pointer: Option<&str>,
+) -> Option<std::borrow::Cow<'a, str>> {
     if let Some(h) = header {
         return Some(std::borrow::Cow::Borrowed(h.trim()));
     }
@@ -236,7 +254,10 @@ mod tests {
         let s = Signer::new(b"0123456789abcdef");
         let enc = s.encode(&token());
         assert!(enc.starts_with("chirp1.orders-eu_1.deadbeef01234567.42.1790000000123456."));
-        assert_eq!(enc.len(), "chirp1.orders-eu_1.deadbeef01234567.42.1790000000123456.".len() + 32);
+        assert_eq!(
+            enc.len(),
+            "chirp1.orders-eu_1.deadbeef01234567.42.1790000000123456.".len() + 32
+        );
         assert_eq!(s.decode(&enc), Ok(token()));
     }
 
@@ -244,7 +265,10 @@ mod tests {
     fn another_key_or_a_changed_field_is_a_bad_mac() {
         let s = Signer::new(b"0123456789abcdef");
         let enc = s.encode(&token());
-        assert_eq!(Signer::new(b"another key 12345").decode(&enc), Err(TokenError::BadMac));
+        assert_eq!(
+            Signer::new(b"another key 12345").decode(&enc),
+            Err(TokenError::BadMac)
+        );
         let forged = enc.replace(".42.", ".43.");
         assert_eq!(s.decode(&forged), Err(TokenError::BadMac));
     }
@@ -315,7 +339,10 @@ mod tests {
             assert_eq!(v["chirp"], enc);
             assert_eq!(v["seq"], 42);
         }
-        assert_eq!(find(None, &body(&enc, &t, 0), Some("/chirp")).as_deref(), Some(enc.as_str()));
+        assert_eq!(
+            find(None, &body(&enc, &t, 0), Some("/chirp")).as_deref(),
+            Some(enc.as_str())
+        );
     }
 
     #[test]

@@ -14,7 +14,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "chirp", version, about = "Synthetic heartbeat and latency prober for event pipelines")]
+#[command(
+    name = "chirp",
+    version,
+    about = "Synthetic heartbeat and latency prober for event pipelines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -91,7 +95,8 @@ enum Format {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. `250ms`"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. `250ms`"))
 }
 
 fn parse_percent(s: &str) -> Result<f64, String> {
@@ -112,7 +117,10 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     init_logging(cli.log_format, default_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -138,7 +146,9 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CHIRP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -204,7 +214,10 @@ async fn run(common: Common) -> anyhow::Result<ExitCode> {
     tracing::info!(grace = %humantime::format_duration(config.shutdown_grace), "Stopping: no new canaries; waiting for those in flight.");
     let left = rt.drain(config.shutdown_grace).await;
     if left > 0 {
-        tracing::warn!(in_flight = left, "Grace period expired with canaries still in flight; they are not counted.");
+        tracing::warn!(
+            in_flight = left,
+            "Grace period expired with canaries still in flight; they are not counted."
+        );
     }
     rt.shutdown().await;
     tracing::info!("Stopped.");
@@ -242,7 +255,11 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         if !unknown.is_empty() {
             eprintln!(
                 "error: no probe named {} in {} (probes: {})",
-                unknown.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "),
+                unknown
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 args.common.config.display(),
                 known.join(", ")
             );
@@ -271,7 +288,12 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     rt.injection_done().await;
     // Every canary resolves by its deadline; the margin covers the last sweep.
-    let longest = config.probes.iter().map(|p| p.deadline).max().unwrap_or_default();
+    let longest = config
+        .probes
+        .iter()
+        .map(|p| p.deadline)
+        .max()
+        .unwrap_or_default();
     rt.drain(longest + Duration::from_secs(1)).await;
     let now = Instant::now();
     let reports: Vec<ProbeReport> = rt.probes.iter().map(|p| ProbeReport::of(p, now)).collect();
@@ -281,9 +303,9 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         max_loss_percent: args.max_loss,
         max_p99: args.max_p99,
     };
-    let unreachable = reports
-        .iter()
-        .any(|r| r.counts.sent > 0 && r.counts.delivered == 0 && r.counts.publish_failed == r.counts.sent);
+    let unreachable = reports.iter().any(|r| {
+        r.counts.sent > 0 && r.counts.delivered == 0 && r.counts.publish_failed == r.counts.sent
+    });
     let evaluated: Vec<(ProbeReport, Vec<report::Objective>)> = reports
         .into_iter()
         .map(|r| {
@@ -315,7 +337,8 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
     };
     match &args.output {
-        Some(path) => std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?,
+        Some(path) => std::fs::write(path, &text)
+            .with_context(|| format!("cannot write {}", path.display()))?,
         None => print!("{text}"),
     }
     Ok(if unreachable {
@@ -334,7 +357,10 @@ fn check_text(evaluated: &[(ProbeReport, Vec<report::Objective>)], elapsed: Dura
     for (r, objectives) in evaluated {
         for o in objectives {
             let (measured, target) = match o.unit {
-                "seconds" => (report::human_seconds(o.measured), report::human_seconds(o.target)),
+                "seconds" => (
+                    report::human_seconds(o.measured),
+                    report::human_seconds(o.target),
+                ),
                 _ => (format!("{:.3}%", o.measured), format!("{}%", o.target)),
             };
             out.push_str(&format!(

@@ -82,8 +82,20 @@ fn cell(s: &Summary, pick: fn(&Summary) -> f64) -> String {
 /// The per-probe table shown by `check` and the status page.
 pub fn text_table(rows: &[ProbeReport], span: Span) -> String {
     let header = [
-        "PROBE", "SENT", "DELIVERED", "LOST", "FAILED", "IN-FLIGHT", "DUP", "LATE", "REORDERED", "P50", "P90", "P99",
-        "P99.9", "MAX",
+        "PROBE",
+        "SENT",
+        "DELIVERED",
+        "LOST",
+        "FAILED",
+        "IN-FLIGHT",
+        "DUP",
+        "LATE",
+        "REORDERED",
+        "P50",
+        "P90",
+        "P99",
+        "P99.9",
+        "MAX",
     ];
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for r in rows {
@@ -110,7 +122,13 @@ pub fn text_table(rows: &[ProbeReport], span: Span) -> String {
         ]);
     }
     let widths: Vec<usize> = (0..header.len())
-        .map(|i| table.iter().map(|row| row[i].chars().count()).max().unwrap_or(0))
+        .map(|i| {
+            table
+                .iter()
+                .map(|row| row[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for row in &table {
@@ -154,7 +172,11 @@ pub fn evaluate(r: &ProbeReport, gates: &Gates) -> Vec<Objective> {
     let c = &r.counts;
     if let Some(max) = gates.max_loss_percent {
         let bad = c.lost + c.publish_failed;
-        let loss = if c.sent == 0 { 100.0 } else { bad as f64 * 100.0 / c.sent as f64 };
+        let loss = if c.sent == 0 {
+            100.0
+        } else {
+            bad as f64 * 100.0 / c.sent as f64
+        };
         out.push(Objective {
             name: "max_loss",
             measured: loss,

@@ -34,9 +34,15 @@ pub struct Options {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("connection `{name}`: {source}")]
-    Connect { name: String, source: nats::ConnectError },
+    Connect {
+        name: String,
+        source: nats::ConnectError,
+    },
     #[error("probe `{probe}`: cannot subscribe to `{subject}`: {source}")]
     Subscribe {
         probe: String,
@@ -54,7 +60,10 @@ impl StartError {
     /// Whether the failure is a target that could not be reached (exit 3), as
     /// opposed to a local problem.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, StartError::Connect { .. } | StartError::Subscribe { .. })
+        matches!(
+            self,
+            StartError::Connect { .. } | StartError::Subscribe { .. }
+        )
     }
 }
 
@@ -77,7 +86,9 @@ impl Runtime {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
         let run_id: u64 = rand::random();
 
         let mut clients: HashMap<String, async_nats::Client> = HashMap::new();
@@ -118,19 +129,27 @@ impl Runtime {
                     .unwrap_or_else(|| signer.clone()),
                 Catch::Nats(_) => signer.clone(),
             };
-            let probe = Arc::new(Probe::new(pc.clone(), run_id, signer.clone(), hook_signer, start));
+            let probe = Arc::new(Probe::new(
+                pc.clone(),
+                run_id,
+                signer.clone(),
+                hook_signer,
+                start,
+            ));
             let injector = match &pc.inject {
                 Inject::Nats(ni) => Injector::Nats(nats::NatsInjector::new(
                     clients[&ni.connection].clone(),
                     ni.subject.clone(),
                     ni.headers.clone(),
                 )),
-                Inject::Http(hi) => Injector::Http(HttpInjector::new(hi, &base_url, signer.clone()).map_err(
-                    |source| StartError::Http {
-                        probe: pc.name.clone(),
-                        source,
-                    },
-                )?),
+                Inject::Http(hi) => {
+                    Injector::Http(HttpInjector::new(hi, &base_url, signer.clone()).map_err(
+                        |source| StartError::Http {
+                            probe: pc.name.clone(),
+                            source,
+                        },
+                    )?)
+                }
             };
             let injector = Arc::new(injector);
             let catch_client = match &pc.catch {
@@ -143,7 +162,11 @@ impl Runtime {
                             subject: nc.subject.clone(),
                             source,
                         })?;
-                    others.spawn(nats::catch_loop(sub, Arc::clone(&probe), catch_stop.clone()));
+                    others.spawn(nats::catch_loop(
+                        sub,
+                        Arc::clone(&probe),
+                        catch_stop.clone(),
+                    ));
                     Some(client)
                 }
                 Catch::Http(_) => None,
@@ -250,7 +273,10 @@ impl Runtime {
         self.catch_stop.cancel();
         self.server_stop.cancel();
         let wait = async { while self.others.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(5), wait).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .is_err()
+        {
             tracing::warn!("Some tasks did not stop within 5s; exiting anyway.");
             self.others.abort_all();
         }

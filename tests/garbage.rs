@@ -17,7 +17,9 @@ async fn garbage_is_counted_never_delivered() {
         &nats.url(),
         "  - name: sink\n    interval: 1h\n    inject: {nats: {connection: main, subject: sink.out}}\n    catch: {nats: {connection: main, subject: sink.out}}\n  - name: hook\n    interval: 1h\n    inject: {nats: {connection: main, subject: hook.in}}\n    catch: {http: {}}\n",
     );
-    let mut rt = Runtime::start(&config, Options::default()).await.expect("start");
+    let mut rt = Runtime::start(&config, Options::default())
+        .await
+        .expect("start");
     rt.ready().await;
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let signer = Signer::new(KEY.as_bytes());
@@ -47,28 +49,48 @@ async fn garbage_is_counted_never_delivered() {
         seq: 0,
         sent_unix_us: 1,
     });
-    client.publish("sink.out", format!(r#"{{"chirp":"{forged}"}}"#).into()).await.unwrap();
+    client
+        .publish("sink.out", format!(r#"{{"chirp":"{forged}"}}"#).into())
+        .await
+        .unwrap();
     let tampered = token("sink", rt.run_id, 0).replace(".0.", ".1.");
     client.publish("sink.out", tampered.into()).await.unwrap();
     let mut h = async_nats::HeaderMap::new();
     h.insert(HEADER, "chirp1.garbage");
-    client.publish_with_headers("sink.out", h, "{}".into()).await.unwrap();
+    client
+        .publish_with_headers("sink.out", h, "{}".into())
+        .await
+        .unwrap();
     // 4 tokens of another run and 1 of another probe of this run (foreign).
     for seq in 0..4 {
-        client.publish("sink.out", token("sink", rt.run_id ^ 1, seq).into()).await.unwrap();
+        client
+            .publish("sink.out", token("sink", rt.run_id ^ 1, seq).into())
+            .await
+            .unwrap();
     }
-    client.publish("sink.out", token("hook", rt.run_id, 0).into()).await.unwrap();
+    client
+        .publish("sink.out", token("hook", rt.run_id, 0).into())
+        .await
+        .unwrap();
     client.flush().await.unwrap();
 
     let sink = rt.probes[0].clone();
-    wait_for("all garbage to be classified", Duration::from_secs(10), || {
-        let c = sink.ledger().counts();
-        c.unrelated + c.rejected + c.foreign == 16 && c.delivered == 1
-    })
+    wait_for(
+        "all garbage to be classified",
+        Duration::from_secs(10),
+        || {
+            let c = sink.ledger().counts();
+            c.unrelated + c.rejected + c.foreign == 16 && c.delivered == 1
+        },
+    )
     .await;
     let c = sink.ledger().counts();
     assert_eq!((c.unrelated, c.rejected, c.foreign), (8, 3, 5), "{c:?}");
-    assert_eq!((c.delivered, c.duplicate, c.late), (1, 0, 0), "only the real canary 0: {c:?}");
+    assert_eq!(
+        (c.delivered, c.duplicate, c.late),
+        (1, 0, 0),
+        "only the real canary 0: {c:?}"
+    );
     assert!(c.invariant_holds());
 
     // Webhooks: unsigned, badly signed, signed without token, signed with a forged token.
@@ -82,19 +104,52 @@ async fn garbage_is_counted_never_delivered() {
         r.send()
     };
     assert_eq!(post("{}".into(), None).await.unwrap().status(), 401);
-    assert_eq!(post("{}".into(), Some("sha256=00".into())).await.unwrap().status(), 401);
-    let body = r#"{"hello":"world"}"#.to_owned();
-    assert_eq!(post(body.clone(), Some(signer.signature(body.as_bytes()))).await.unwrap().status(), 200);
-    let body = format!(r#"{{"chirp":"{forged}"}}"#);
-    assert_eq!(post(body.clone(), Some(signer.signature(body.as_bytes()))).await.unwrap().status(), 200);
-    let body = r#"\x00\xff garbage"#.to_owned();
-    assert_eq!(post(body.clone(), Some("sha256=".to_owned() + &"ab".repeat(32))).await.unwrap().status(), 401);
     assert_eq!(
-        http.post(format!("http://{}/hooks/nope", rt.addr)).body("x").send().await.unwrap().status(),
+        post("{}".into(), Some("sha256=00".into()))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let body = r#"{"hello":"world"}"#.to_owned();
+    assert_eq!(
+        post(body.clone(), Some(signer.signature(body.as_bytes())))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let body = format!(r#"{{"chirp":"{forged}"}}"#);
+    assert_eq!(
+        post(body.clone(), Some(signer.signature(body.as_bytes())))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let body = r#"\x00\xff garbage"#.to_owned();
+    assert_eq!(
+        post(body.clone(), Some("sha256=".to_owned() + &"ab".repeat(32)))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        http.post(format!("http://{}/hooks/nope", rt.addr))
+            .body("x")
+            .send()
+            .await
+            .unwrap()
+            .status(),
         404
     );
     let hook = rt.probes[1].ledger().counts();
-    assert_eq!((hook.rejected, hook.unrelated, hook.foreign, hook.delivered), (4, 1, 0, 0), "{hook:?}");
+    assert_eq!(
+        (hook.rejected, hook.unrelated, hook.foreign, hook.delivered),
+        (4, 1, 0, 0),
+        "{hook:?}"
+    );
     assert!(hook.invariant_holds());
     assert!(rt.drain(Duration::from_millis(10)).await <= 2);
     rt.shutdown().await;

@@ -16,11 +16,18 @@ async fn survives_a_broker_outage_and_resumes() {
         &nats.url(),
         "  - name: loop\n    interval: 50ms\n    deadline: 2s\n    publish_timeout: 1s\n    inject: {nats: {connection: main, subject: loop.x}}\n    catch: {nats: {connection: main, subject: loop.x}}\n",
     );
-    let mut rt = Runtime::start(&config, Options::default()).await.expect("start");
+    let mut rt = Runtime::start(&config, Options::default())
+        .await
+        .expect("start");
     let probe = rt.probes[0].clone();
     let counts = || probe.ledger().counts();
 
-    wait_for("deliveries before the outage", Duration::from_secs(10), || counts().delivered >= 20).await;
+    wait_for(
+        "deliveries before the outage",
+        Duration::from_secs(10),
+        || counts().delivered >= 20,
+    )
+    .await;
     assert!(probe.is_up());
     let before = counts();
     assert_eq!(before.lost + before.publish_failed, 0, "{before:?}");
@@ -42,19 +49,29 @@ async fn survives_a_broker_outage_and_resumes() {
     );
     nats.restart();
 
-    wait_for("deliveries after the restart", Duration::from_secs(20), || {
-        let c = counts();
-        assert!(c.invariant_holds(), "{c:?}");
-        c.delivered >= during.delivered + 20
+    wait_for(
+        "deliveries after the restart",
+        Duration::from_secs(20),
+        || {
+            let c = counts();
+            assert!(c.invariant_holds(), "{c:?}");
+            c.delivered >= during.delivered + 20
+        },
+    )
+    .await;
+    wait_for("the probe to be up again", Duration::from_secs(10), || {
+        probe.is_up()
     })
     .await;
-    wait_for("the probe to be up again", Duration::from_secs(10), || probe.is_up()).await;
 
     let left = rt.drain(Duration::from_secs(5)).await;
     assert_eq!(left, 0);
     let end = counts();
     assert!(end.invariant_holds(), "{end:?}");
     // A 4 s outage with a 2 s deadline: at least the canaries of its first 2 s cannot arrive in time.
-    assert!(end.lost + end.publish_failed >= 20, "the outage must show: {end:?}");
+    assert!(
+        end.lost + end.publish_failed >= 20,
+        "the outage must show: {end:?}"
+    );
     rt.shutdown().await;
 }

@@ -41,8 +41,15 @@ async fn relay(client: async_nats::Client, mut sub: async_nats::Subscriber, plan
     let mut held: HashMap<u64, async_nats::Message> = HashMap::new();
     let seconds: HashMap<u64, u64> = plan.swap.iter().map(|(a, b)| (*b, *a)).collect();
     while let Some(msg) = sub.next().await {
-        let token = msg.headers.as_ref().and_then(|h| h.get(HEADER)).map(|v| v.to_string());
-        let seq = signer.decode(&token.expect("canary without token header")).expect("valid token").seq;
+        let token = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(HEADER))
+            .map(|v| v.to_string());
+        let seq = signer
+            .decode(&token.expect("canary without token header"))
+            .expect("valid token")
+            .seq;
         if plan.drop.contains(&seq) {
             continue;
         }
@@ -55,7 +62,10 @@ async fn relay(client: async_nats::Client, mut sub: async_nats::Subscriber, plan
             out.push(msg);
         }
         if let Some(first) = seconds.get(&seq) {
-            out.push(held.remove(first).expect("the first of a swapped pair arrives first"));
+            out.push(
+                held.remove(first)
+                    .expect("the first of a swapped pair arrives first"),
+            );
         }
         let c = client.clone();
         tokio::spawn(async move {
@@ -83,9 +93,14 @@ async fn exact_counts_and_percentiles_through_a_faulty_relay() {
         duplicate: [8, 40, 77].into(),
         swap: [(20, 21), (60, 61), (150, 151)].into(),
     };
-    let relay_client = async_nats::connect(nats.url()).await.expect("relay connect");
+    let relay_client = async_nats::connect(nats.url())
+        .await
+        .expect("relay connect");
     // The relay's subscription reaches the server before chirp sends anything.
-    let sub = relay_client.subscribe("relay.in").await.expect("relay subscribe");
+    let sub = relay_client
+        .subscribe("relay.in")
+        .await
+        .expect("relay subscribe");
     relay_client.flush().await.expect("relay flush");
     let relay_task = tokio::spawn(relay(relay_client, sub, plan));
 
@@ -119,8 +134,16 @@ async fn exact_counts_and_percentiles_through_a_faulty_relay() {
     let l = snap.latency.cumulative;
     assert_eq!(l.count, COUNT - 4);
     let ms = |s: f64| Duration::from_secs_f64(s);
-    assert!(ms(l.p50) >= FAST && ms(l.p50) <= FAST + TOLERANCE, "p50 {:?}", ms(l.p50));
-    assert!(ms(l.p90) >= SLOW && ms(l.p90) <= SLOW + TOLERANCE, "p90 {:?}", ms(l.p90));
+    assert!(
+        ms(l.p50) >= FAST && ms(l.p50) <= FAST + TOLERANCE,
+        "p50 {:?}",
+        ms(l.p50)
+    );
+    assert!(
+        ms(l.p90) >= SLOW && ms(l.p90) <= SLOW + TOLERANCE,
+        "p90 {:?}",
+        ms(l.p90)
+    );
     assert!(ms(l.min) >= FAST, "min {:?}", ms(l.min));
     rt.shutdown().await;
     relay_task.abort();

@@ -20,7 +20,9 @@ impl Locator {
         if parser.load(&mut builder, false).is_err() {
             return Locator::default();
         }
-        Locator { places: builder.places }
+        Locator {
+            places: builder.places,
+        }
     }
 
     /// Where `path` is written; for a path that does not exist (a missing
@@ -43,7 +45,10 @@ enum Frame {
         path: String,
         first: bool,
     },
-    Seq { index: usize, path: String },
+    Seq {
+        index: usize,
+        path: String,
+    },
 }
 
 #[derive(Default)]

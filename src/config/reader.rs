@@ -192,11 +192,20 @@ impl Reader {
         match parsed {
             Some(p) if p > 0.0 && p < 100.0 => Some(p),
             Some(_) => {
-                self.error(&path, format!("objective {} must be strictly between 0% and 100%", describe(v)));
+                self.error(
+                    &path,
+                    format!(
+                        "objective {} must be strictly between 0% and 100%",
+                        describe(v)
+                    ),
+                );
                 None
             }
             None => {
-                self.error(&path, format!("expected a percentage like `99.9%`, found {}", describe(v)));
+                self.error(
+                    &path,
+                    format!("expected a percentage like `99.9%`, found {}", describe(v)),
+                );
                 None
             }
         }
@@ -244,7 +253,10 @@ impl<'v> Fields<'v> {
 pub fn unknown_key_message(key: &str, allowed: &[&str]) -> String {
     match did_you_mean(key, allowed) {
         Some(best) => format!("unknown key `{key}`; did you mean `{best}`?"),
-        None => format!("unknown key `{key}`; expected one of: {}", allowed.join(", ")),
+        None => format!(
+            "unknown key `{key}`; expected one of: {}",
+            allowed.join(", ")
+        ),
     }
 }
 
@@ -284,8 +296,14 @@ mod tests {
 
     #[test]
     fn suggests_close_keys_only() {
-        assert_eq!(did_you_mean("subjcet", &["connection", "subject"]), Some("subject"));
-        assert_eq!(did_you_mean("intervall", &["interval", "deadline"]), Some("interval"));
+        assert_eq!(
+            did_you_mean("subjcet", &["connection", "subject"]),
+            Some("subject")
+        );
+        assert_eq!(
+            did_you_mean("intervall", &["interval", "deadline"]),
+            Some("interval")
+        );
         assert_eq!(did_you_mean("zzz", &["interval", "deadline"]), None);
     }
 }

@@ -47,12 +47,19 @@ fn reads_a_valid_file_with_defaults_applied() {
     assert_eq!(orders.interval, Duration::from_millis(500));
     assert_eq!(orders.deadline, DEFAULT_DEADLINE);
     assert_eq!(orders.publish_timeout, DEFAULT_PUBLISH_TIMEOUT);
-    assert_eq!(orders.slo.latency.unwrap().threshold, Duration::from_millis(250));
+    assert_eq!(
+        orders.slo.latency.unwrap().threshold,
+        Duration::from_millis(250)
+    );
     assert_eq!(orders.slo.delivery.unwrap().objective, 99.9);
     assert_eq!(orders.slo.slice, DEFAULT_SLICE);
     assert!(matches!(&orders.inject, Inject::Nats(n) if n.subject == "orders.in"));
     let st = &c.probes[1];
-    assert_eq!(st.publish_timeout, Duration::from_secs(5), "capped by the deadline");
+    assert_eq!(
+        st.publish_timeout,
+        Duration::from_secs(5),
+        "capped by the deadline"
+    );
     assert_eq!(st.payload.size, 512);
     assert!(matches!(&st.catch, Catch::Http(h) if h.signature_header == "X-Chirp-Signature"));
 }
@@ -97,12 +104,18 @@ probes:
         "probes[0].intervall: unknown key `intervall`; did you mean `interval`? (line 7, column 5)"
     );
     assert!(
-        e[1].starts_with("probes[0].catch.nats.connection: no connection named `mian`; did you mean `main`?"),
+        e[1].starts_with(
+            "probes[0].catch.nats.connection: no connection named `mian`; did you mean `main`?"
+        ),
         "{}",
         e[1]
     );
     assert!(e[1].ends_with("(line 9, column 20)"), "{}", e[1]);
-    assert!(e[2].starts_with("probes[1].deadline: `soon` is not a duration"), "{}", e[2]);
+    assert!(
+        e[2].starts_with("probes[1].deadline: `soon` is not a duration"),
+        "{}",
+        e[2]
+    );
     assert!(e[2].ends_with("(line 11, column 5)"), "{}", e[2]);
 }
 
@@ -132,10 +145,25 @@ probes:
 "#;
     let e = errors(text);
     let joined = e.join("\n");
-    assert!(joined.contains("probes[0].inject.natz: unknown transport `natz`; did you mean `nats`?"), "{joined}");
-    assert!(joined.contains("probes[0].catch.kafka: transport `kafka` is not supported"), "{joined}");
-    assert!(joined.contains("probes[0].slo.latency.objective: objective `100%` must be strictly between"), "{joined}");
-    assert!(joined.contains("probes[0].slo.slice: 7m must be a whole number of seconds that divides a day"), "{joined}");
+    assert!(
+        joined.contains("probes[0].inject.natz: unknown transport `natz`; did you mean `nats`?"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("probes[0].catch.kafka: transport `kafka` is not supported"),
+        "{joined}"
+    );
+    assert!(
+        joined
+            .contains("probes[0].slo.latency.objective: objective `100%` must be strictly between"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains(
+            "probes[0].slo.slice: 7m must be a whole number of seconds that divides a day"
+        ),
+        "{joined}"
+    );
     assert_eq!(e.len(), 4, "{joined}");
 }
 
@@ -154,7 +182,10 @@ probes:
 "#;
     let joined = errors(text).join("\n");
     assert!(joined.contains("probes[0].slo.latency.threshold: 1s must be above 0 and below the probe's deadline (1s)"), "{joined}");
-    assert!(joined.contains("probes[0].slo.period: 7m must be a whole number of slices (5m)"), "{joined}");
+    assert!(
+        joined.contains("probes[0].slo.period: 7m must be a whole number of slices (5m)"),
+        "{joined}"
+    );
 }
 
 #[test]
@@ -162,7 +193,11 @@ fn duplicate_names_short_keys_and_bad_yaml() {
     let text = "signing_key: short\nprobes:\n  - name: a\n    inject: {http: {url: /x}}\n    catch: {http: {}}\n  - name: a\n    inject: {http: {url: ftp://x}}\n    catch: {http: {}}\n";
     let joined = errors(text).join("\n");
     assert!(joined.contains("signing_key: is too short"), "{joined}");
-    assert!(joined.contains("probes[1].name: probe name `a` is already used by probes[0]") || joined.contains("probes[1].inject.http.url: `ftp://x` must start with"), "{joined}");
+    assert!(
+        joined.contains("probes[1].name: probe name `a` is already used by probes[0]")
+            || joined.contains("probes[1].inject.http.url: `ftp://x` must start with"),
+        "{joined}"
+    );
     let e = errors("probes: [\n");
     assert_eq!(e.len(), 1);
     assert!(e[0].starts_with("not valid YAML"), "{}", e[0]);
@@ -172,5 +207,8 @@ fn duplicate_names_short_keys_and_bad_yaml() {
 fn secret_values_are_not_quoted_in_errors() {
     let text = "signing_key: [not, a, string]\nprobes: []\n";
     let joined = errors(text).join("\n");
-    assert!(joined.contains("signing_key: expected a string, found a list"), "{joined}");
+    assert!(
+        joined.contains("signing_key: expected a string, found a list"),
+        "{joined}"
+    );
 }

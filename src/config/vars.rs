@@ -117,11 +117,17 @@ mod tests {
     #[test]
     fn replaces_set_variables_and_defaults() {
         let e = env();
-        assert_eq!(interpolate("nats://${HOST}:4222", &e).unwrap(), "nats://nats.internal:4222");
+        assert_eq!(
+            interpolate("nats://${HOST}:4222", &e).unwrap(),
+            "nats://nats.internal:4222"
+        );
         assert_eq!(interpolate("${PORT:-4222}", &e).unwrap(), "4222");
         assert_eq!(interpolate("${EMPTY:-fallback}", &e).unwrap(), "fallback");
         assert_eq!(interpolate("${EMPTY}", &e).unwrap(), "");
-        assert_eq!(interpolate("cost $$5 and $x", &e).unwrap(), "cost $5 and $x");
+        assert_eq!(
+            interpolate("cost $$5 and $x", &e).unwrap(),
+            "cost $5 and $x"
+        );
     }
 
     #[test]
@@ -129,14 +135,23 @@ mod tests {
         let err = interpolate("a ${NOPE} b ${ALSO_NOPE}", &env()).unwrap_err();
         assert_eq!(
             err,
-            vec![VarError::Missing("NOPE".into()), VarError::Missing("ALSO_NOPE".into())]
+            vec![
+                VarError::Missing("NOPE".into()),
+                VarError::Missing("ALSO_NOPE".into())
+            ]
         );
         assert!(err[0].to_string().contains("`NOPE` is not set"));
     }
 
     #[test]
     fn malformed_references_are_errors() {
-        assert!(matches!(interpolate("${HOST", &env()).unwrap_err()[0], VarError::Malformed(_)));
-        assert!(matches!(interpolate("${1X}", &env()).unwrap_err()[0], VarError::Malformed(_)));
+        assert!(matches!(
+            interpolate("${HOST", &env()).unwrap_err()[0],
+            VarError::Malformed(_)
+        ));
+        assert!(matches!(
+            interpolate("${1X}", &env()).unwrap_err()[0],
+            VarError::Malformed(_)
+        ));
     }
 }

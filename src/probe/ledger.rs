@@ -150,7 +150,12 @@ pub const MAX_IN_FLIGHT: u128 = (MAX_RETAIN / RETAIN_DEADLINES as usize) as u128
 impl Ledger {
     /// A ledger whose schedule starts at `start` and ticks every `interval`.
     /// `thresholds` become exact Prometheus bucket bounds of the latency histogram.
-    pub fn new(start: Instant, interval: Duration, deadline: Duration, thresholds: &[Duration]) -> Self {
+    pub fn new(
+        start: Instant,
+        interval: Duration,
+        deadline: Duration,
+        thresholds: &[Duration],
+    ) -> Self {
         let per_deadline = (deadline.as_nanos() / interval.as_nanos().max(1)) as usize + 1;
         let retain = per_deadline
             .saturating_mul(RETAIN_DEADLINES as usize)

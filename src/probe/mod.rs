@@ -24,8 +24,12 @@ pub enum Verdict {
 impl Verdict {
     pub fn as_str(&self) -> &'static str {
         match self {
-            Verdict::Arrival(Arrival::Delivered { reordered: false, .. }) => "delivered",
-            Verdict::Arrival(Arrival::Delivered { reordered: true, .. }) => "delivered_reordered",
+            Verdict::Arrival(Arrival::Delivered {
+                reordered: false, ..
+            }) => "delivered",
+            Verdict::Arrival(Arrival::Delivered {
+                reordered: true, ..
+            }) => "delivered_reordered",
             Verdict::Arrival(Arrival::Duplicate) => "duplicate",
             Verdict::Arrival(Arrival::Late) => "late",
             Verdict::Arrival(Arrival::NeverSent) => "rejected",
@@ -66,7 +70,13 @@ impl std::fmt::Debug for Links {
 
 impl Probe {
     /// A probe whose schedule starts at `start`.
-    pub fn new(config: ProbeConfig, run_id: u64, signer: Signer, hook_signer: Signer, start: Instant) -> Self {
+    pub fn new(
+        config: ProbeConfig,
+        run_id: u64,
+        signer: Signer,
+        hook_signer: Signer,
+        start: Instant,
+    ) -> Self {
         let thresholds: Vec<Duration> = config.slo.latency.iter().map(|l| l.threshold).collect();
         let ledger = Ledger::new(start, config.interval, config.deadline, &thresholds);
         Probe {
@@ -94,7 +104,9 @@ impl Probe {
         };
         loop {
             if crate::transport::nats::is_connected(&client)
-                && tokio::time::timeout(Duration::from_secs(2), client.flush()).await.is_ok_and(|r| r.is_ok())
+                && tokio::time::timeout(Duration::from_secs(2), client.flush())
+                    .await
+                    .is_ok_and(|r| r.is_ok())
             {
                 return true;
             }
@@ -113,7 +125,10 @@ impl Probe {
     /// Whether the probe's inject and catch clients are connected.
     pub fn is_up(&self) -> bool {
         self.links.get().is_some_and(|l| {
-            l.injector.is_connected() && l.catch.as_ref().is_none_or(crate::transport::nats::is_connected)
+            l.injector.is_connected()
+                && l.catch
+                    .as_ref()
+                    .is_none_or(crate::transport::nats::is_connected)
         })
     }
 
@@ -125,7 +140,9 @@ impl Probe {
     pub fn ledger(&self) -> MutexGuard<'_, Ledger> {
         // A panic while holding the lock would be a bug in the ledger; the
         // counts are still consistent (every update is a few integer adds), so keep serving.
-        self.ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.ledger
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn snapshot(&self, now: Instant) -> Snapshot {
@@ -135,7 +152,8 @@ impl Probe {
     /// Classifies one message caught at `now` and records it.
     /// `header` is the token header, when the transport has headers.
     pub fn on_message(&self, header: Option<&str>, body: &[u8], now: Instant) -> Verdict {
-        let Some(text) = canary::find(header, body, self.config.payload.token_pointer.as_deref()) else {
+        let Some(text) = canary::find(header, body, self.config.payload.token_pointer.as_deref())
+        else {
             self.ledger().stray(Stray::Unrelated);
             return Verdict::Stray(Stray::Unrelated);
         };
@@ -145,7 +163,9 @@ impl Probe {
                 self.ledger().stray(Stray::Rejected);
                 Verdict::Stray(Stray::Rejected)
             }
-            Ok(Token { probe, run_id, .. }) if run_id != self.run_id || probe != self.config.name => {
+            Ok(Token { probe, run_id, .. })
+                if run_id != self.run_id || probe != self.config.name =>
+            {
                 self.ledger().stray(Stray::Foreign);
                 Verdict::Stray(Stray::Foreign)
             }
@@ -156,7 +176,9 @@ impl Probe {
                     Arrival::NeverSent => {
                         tracing::warn!(probe = %self.name(), seq = token.seq, "Caught a validly signed canary this run never sent; is the signing key shared?");
                     }
-                    other => tracing::debug!(probe = %self.name(), seq = token.seq, arrival = ?other, "Canary caught again or too late."),
+                    other => {
+                        tracing::debug!(probe = %self.name(), seq = token.seq, arrival = ?other, "Canary caught again or too late.")
+                    }
                 }
                 Verdict::Arrival(arrival)
             }

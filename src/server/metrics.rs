@@ -71,7 +71,9 @@ fn gauge(
     help: &str,
     rows: impl Iterator<Item = (Labels, f64)>,
 ) -> Result<(), Error> {
-    family(enc, name, help, MetricType::Gauge, rows, |f, v| f.encode_gauge(&v))
+    family(enc, name, help, MetricType::Gauge, rows, |f, v| {
+        f.encode_gauge(&v)
+    })
 }
 
 fn histogram(
@@ -85,7 +87,10 @@ fn histogram(
     })
 }
 
-fn quantiles<'a>(rows: &'a [Row], pick: impl Fn(&Row) -> (Summary, Summary) + 'a) -> impl Iterator<Item = (Labels, f64)> + 'a {
+fn quantiles<'a>(
+    rows: &'a [Row],
+    pick: impl Fn(&Row) -> (Summary, Summary) + 'a,
+) -> impl Iterator<Item = (Labels, f64)> + 'a {
     rows.iter().flat_map(move |r| {
         let (window, total) = pick(r);
         let mut out = Vec::with_capacity(10);
@@ -111,7 +116,12 @@ impl Collector for ProbeCollector {
             .map(|p| {
                 let (snap, e2e, publish, lag) = {
                     let mut l = p.ledger();
-                    (l.snapshot(now), l.e2e.buckets(), l.publish.buckets(), l.lag.buckets())
+                    (
+                        l.snapshot(now),
+                        l.e2e.buckets(),
+                        l.publish.buckets(),
+                        l.lag.buckets(),
+                    )
                 };
                 Row {
                     labels: vec![
@@ -132,9 +142,24 @@ impl Collector for ProbeCollector {
             .collect();
         let e = &mut enc;
         let c = |r: &Row| r.snap.counts;
-        counter(e, "chirp_canaries_sent", "Canaries sent (each ends delivered, lost or publish_failed, or is in flight).", rows.iter().map(|r| (r.labels.clone(), c(r).sent)))?;
-        counter(e, "chirp_canaries_delivered", "Canaries caught for the first time before their deadline.", rows.iter().map(|r| (r.labels.clone(), c(r).delivered)))?;
-        counter(e, "chirp_canaries_lost", "Canaries not caught by their deadline.", rows.iter().map(|r| (r.labels.clone(), c(r).lost)))?;
+        counter(
+            e,
+            "chirp_canaries_sent",
+            "Canaries sent (each ends delivered, lost or publish_failed, or is in flight).",
+            rows.iter().map(|r| (r.labels.clone(), c(r).sent)),
+        )?;
+        counter(
+            e,
+            "chirp_canaries_delivered",
+            "Canaries caught for the first time before their deadline.",
+            rows.iter().map(|r| (r.labels.clone(), c(r).delivered)),
+        )?;
+        counter(
+            e,
+            "chirp_canaries_lost",
+            "Canaries not caught by their deadline.",
+            rows.iter().map(|r| (r.labels.clone(), c(r).lost)),
+        )?;
         counter(
             e,
             "chirp_canaries_publish_failed",
@@ -146,21 +171,98 @@ impl Collector for ProbeCollector {
                     .collect::<Vec<_>>()
             }),
         )?;
-        gauge(e, "chirp_canaries_in_flight", "Canaries sent and not yet resolved.", rows.iter().map(|r| (r.labels.clone(), c(r).in_flight as f64)))?;
-        counter(e, "chirp_canaries_duplicate", "Catches of a canary that was already delivered.", rows.iter().map(|r| (r.labels.clone(), c(r).duplicate)))?;
-        counter(e, "chirp_canaries_late", "Catches of a canary after it was resolved as lost or publish_failed.", rows.iter().map(|r| (r.labels.clone(), c(r).late)))?;
-        counter(e, "chirp_canaries_reordered", "Delivered canaries caught after a higher sequence of the same probe.", rows.iter().map(|r| (r.labels.clone(), c(r).reordered)))?;
-        counter(e, "chirp_messages_foreign", "Messages at the sink with a valid token of another run, instance or probe.", rows.iter().map(|r| (r.labels.clone(), c(r).foreign)))?;
-        counter(e, "chirp_messages_rejected", "Messages at the sink with a bad signature or a malformed token.", rows.iter().map(|r| (r.labels.clone(), c(r).rejected)))?;
-        counter(e, "chirp_messages_unrelated", "Messages at the sink with no canary token.", rows.iter().map(|r| (r.labels.clone(), c(r).unrelated)))?;
-        histogram(e, "chirp_latency_seconds", "End-to-end latency of delivered canaries, from the intended send time.", rows.iter().map(|r| (r.labels.clone(), r.e2e.clone())))?;
-        histogram(e, "chirp_publish_latency_seconds", "Time from the send call to the broker's acknowledgement.", rows.iter().map(|r| (r.labels.clone(), r.publish.clone())))?;
-        histogram(e, "chirp_schedule_lag_seconds", "Actual minus intended send time.", rows.iter().map(|r| (r.labels.clone(), r.lag.clone())))?;
+        gauge(
+            e,
+            "chirp_canaries_in_flight",
+            "Canaries sent and not yet resolved.",
+            rows.iter()
+                .map(|r| (r.labels.clone(), c(r).in_flight as f64)),
+        )?;
+        counter(
+            e,
+            "chirp_canaries_duplicate",
+            "Catches of a canary that was already delivered.",
+            rows.iter().map(|r| (r.labels.clone(), c(r).duplicate)),
+        )?;
+        counter(
+            e,
+            "chirp_canaries_late",
+            "Catches of a canary after it was resolved as lost or publish_failed.",
+            rows.iter().map(|r| (r.labels.clone(), c(r).late)),
+        )?;
+        counter(
+            e,
+            "chirp_canaries_reordered",
+            "Delivered canaries caught after a higher sequence of the same probe.",
+            rows.iter().map(|r| (r.labels.clone(), c(r).reordered)),
+        )?;
+        counter(
+            e,
+            "chirp_messages_foreign",
+            "Messages at the sink with a valid token of another run, instance or probe.",
+            rows.iter().map(|r| (r.labels.clone(), c(r).foreign)),
+        )?;
+        counter(
+            e,
+            "chirp_messages_rejected",
+            "Messages at the sink with a bad signature or a malformed token.",
+            rows.iter().map(|r| (r.labels.clone(), c(r).rejected)),
+        )?;
+        counter(
+            e,
+            "chirp_messages_unrelated",
+            "Messages at the sink with no canary token.",
+            rows.iter().map(|r| (r.labels.clone(), c(r).unrelated)),
+        )?;
+        histogram(
+            e,
+            "chirp_latency_seconds",
+            "End-to-end latency of delivered canaries, from the intended send time.",
+            rows.iter().map(|r| (r.labels.clone(), r.e2e.clone())),
+        )?;
+        histogram(
+            e,
+            "chirp_publish_latency_seconds",
+            "Time from the send call to the broker's acknowledgement.",
+            rows.iter().map(|r| (r.labels.clone(), r.publish.clone())),
+        )?;
+        histogram(
+            e,
+            "chirp_schedule_lag_seconds",
+            "Actual minus intended send time.",
+            rows.iter().map(|r| (r.labels.clone(), r.lag.clone())),
+        )?;
         gauge(e, "chirp_latency_quantile_seconds", "End-to-end latency percentiles from HDR histograms, over the last minute (window=\"1m\") and since start (window=\"total\").", quantiles(&rows, |r| (r.snap.latency.window, r.snap.latency.cumulative)))?;
-        gauge(e, "chirp_publish_latency_quantile_seconds", "Publish latency percentiles from HDR histograms.", quantiles(&rows, |r| (r.snap.publish_latency.window, r.snap.publish_latency.cumulative)))?;
-        gauge(e, "chirp_probe_up", "1 when the probe's inject and catch clients are connected.", rows.iter().map(|r| (r.labels.clone(), if r.up { 1.0 } else { 0.0 })))?;
-        gauge(e, "chirp_probe_interval_seconds", "Configured time between canaries.", rows.iter().map(|r| (r.labels.clone(), r.interval)))?;
-        gauge(e, "chirp_probe_deadline_seconds", "Configured deadline after which a canary is lost.", rows.iter().map(|r| (r.labels.clone(), r.deadline)))?;
+        gauge(
+            e,
+            "chirp_publish_latency_quantile_seconds",
+            "Publish latency percentiles from HDR histograms.",
+            quantiles(&rows, |r| {
+                (
+                    r.snap.publish_latency.window,
+                    r.snap.publish_latency.cumulative,
+                )
+            }),
+        )?;
+        gauge(
+            e,
+            "chirp_probe_up",
+            "1 when the probe's inject and catch clients are connected.",
+            rows.iter()
+                .map(|r| (r.labels.clone(), if r.up { 1.0 } else { 0.0 })),
+        )?;
+        gauge(
+            e,
+            "chirp_probe_interval_seconds",
+            "Configured time between canaries.",
+            rows.iter().map(|r| (r.labels.clone(), r.interval)),
+        )?;
+        gauge(
+            e,
+            "chirp_probe_deadline_seconds",
+            "Configured deadline after which a canary is lost.",
+            rows.iter().map(|r| (r.labels.clone(), r.deadline)),
+        )?;
         Ok(())
     }
 }

@@ -31,7 +31,10 @@ impl AppState {
         registry.register(
             "chirp_build",
             "chirp's version",
-            prometheus_client::metrics::info::Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version",
+                env!("CARGO_PKG_VERSION"),
+            )]),
         );
         registry.register_collector(Box::new(metrics::ProbeCollector {
             environment: environment.clone(),
@@ -72,13 +75,21 @@ async fn metrics_handler(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let down: Vec<&str> = state.probes.iter().filter(|p| !p.is_up()).map(|p| p.name()).collect();
+    let down: Vec<&str> = state
+        .probes
+        .iter()
+        .filter(|p| !p.is_up())
+        .map(|p| p.name())
+        .collect();
     if down.is_empty() {
         (StatusCode::OK, "ready\n".to_owned()).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: probes waiting for a connection: {}\n", down.join(", ")),
+            format!(
+                "not ready: probes waiting for a connection: {}\n",
+                down.join(", ")
+            ),
         )
             .into_response()
     }
@@ -107,7 +118,10 @@ async fn status_page(State(state): State<Arc<AppState>>) -> Html<String> {
         .map(|p| report::ProbeReport::of(p, now))
         .collect();
     let table = report::text_table(&rows, report::Span::Window);
-    let escaped = table.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let escaped = table
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
     Html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
          <title>chirp: {env}</title></head><body><h1>chirp {ver}: {env}</h1>\
@@ -128,7 +142,11 @@ async fn hook(
 ) -> Response {
     let now = Instant::now();
     let Some(probe) = state.probe(&name) else {
-        return (StatusCode::NOT_FOUND, Json(serde_json::json!({"error": "no such probe"}))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": "no such probe"})),
+        )
+            .into_response();
     };
     let crate::config::Catch::Http(catch) = &probe.config.catch else {
         return (
@@ -149,7 +167,13 @@ async fn hook(
         )
             .into_response();
     }
-    let token = headers.get(crate::canary::HEADER).and_then(|v| v.to_str().ok());
+    let token = headers
+        .get(crate::canary::HEADER)
+        .and_then(|v| v.to_str().ok());
     let verdict = probe.on_message(token, &body, now);
-    (StatusCode::OK, Json(serde_json::json!({"result": verdict.as_str()}))).into_response()
+    (
+        StatusCode::OK,
+        Json(serde_json::json!({"result": verdict.as_str()})),
+    )
+        .into_response()
 }

@@ -77,7 +77,11 @@ pub struct Buckets {
 impl Buckets {
     /// Canaries at or below `bound` seconds.
     pub fn at_or_below(&self, bound: f64) -> u64 {
-        self.counts.iter().take_while(|(b, _)| *b <= bound).map(|(_, n)| n).sum()
+        self.counts
+            .iter()
+            .take_while(|(b, _)| *b <= bound)
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 
@@ -102,7 +106,8 @@ pub struct LatencyStats {
 
 fn histogram() -> Histogram<u64> {
     // Auto-resizing: memory follows the largest value seen, never more than `max_us` needs.
-    let mut h = Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures is valid"));
+    let mut h =
+        Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures is valid"));
     h.auto(true);
     h
 }
@@ -247,7 +252,10 @@ mod tests {
         assert!(s.cumulative().max <= 1.001);
         let b = s.buckets();
         assert_eq!(b.count, 3);
-        assert!(b.counts.iter().any(|(x, _)| *x == 0.3), "the 300ms bound is exact");
+        assert!(
+            b.counts.iter().any(|(x, _)| *x == 0.3),
+            "the 300ms bound is exact"
+        );
         assert_eq!(b.at_or_below(0.3), 1, "bounds are inclusive");
         assert_eq!(b.at_or_below(0.5), 2);
         assert_eq!(b.at_or_below(1.0), 3, "100 s saturates at the 1 s maximum");

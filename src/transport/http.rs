@@ -97,7 +97,10 @@ fn classify_status(status: reqwest::StatusCode) -> Result<(), PublishError> {
         500..=599 => FailureKind::Unavailable,
         _ => FailureKind::Rejected,
     };
-    Err(PublishError::new(kind, format!("the endpoint answered {status}")))
+    Err(PublishError::new(
+        kind,
+        format!("the endpoint answered {status}"),
+    ))
 }
 
 fn classify_error(e: &reqwest::Error) -> PublishError {

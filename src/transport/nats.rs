@@ -19,7 +19,10 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("cannot read credentials file `{path}`: {source}")]
-    Credentials { path: String, source: std::io::Error },
+    Credentials {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot connect to NATS at {url}: {source}")]
     Connect {
         url: String,
@@ -30,7 +33,11 @@ pub enum ConnectError {
 /// Connects to NATS. With `retry`, returns at once and keeps reconnecting in
 /// the background (a prober must start even when its broker is down); without,
 /// fails if the first attempt fails.
-pub async fn connect(name: &str, conn: &NatsConnection, retry: bool) -> Result<Client, ConnectError> {
+pub async fn connect(
+    name: &str,
+    conn: &NatsConnection,
+    retry: bool,
+) -> Result<Client, ConnectError> {
     let mut opts = match &conn.credentials_file {
         Some(path) => ConnectOptions::with_credentials_file(path)
             .await
@@ -87,10 +94,12 @@ pub async fn connect(name: &str, conn: &NatsConnection, retry: bool) -> Result<C
         .split(',')
         .filter_map(|u| u.trim().parse().ok())
         .collect();
-    opts.connect(addrs).await.map_err(|source| ConnectError::Connect {
-        url: urls.to_owned(),
-        source,
-    })
+    opts.connect(addrs)
+        .await
+        .map_err(|source| ConnectError::Connect {
+            url: urls.to_owned(),
+            source,
+        })
 }
 
 pub struct NatsInjector {
@@ -119,7 +128,12 @@ impl NatsInjector {
             .publish_with_headers(self.subject.clone(), headers, msg.body);
         match tokio::time::timeout(timeout, publish).await {
             // Dropping the publish future before it completes means the message was never queued.
-            Err(_) => return Err(PublishError::new(FailureKind::Timeout, "the NATS client's send buffer stayed full")),
+            Err(_) => {
+                return Err(PublishError::new(
+                    FailureKind::Timeout,
+                    "the NATS client's send buffer stayed full",
+                ))
+            }
             Ok(Err(e)) => return Err(classify_publish(&e)),
             Ok(Ok(())) => {}
         }
@@ -158,12 +172,20 @@ pub async fn subscribe(
     queue_group: Option<&str>,
 ) -> Result<async_nats::Subscriber, async_nats::SubscribeError> {
     match queue_group {
-        Some(q) => client.queue_subscribe(subject.to_owned(), q.to_owned()).await,
+        Some(q) => {
+            client
+                .queue_subscribe(subject.to_owned(), q.to_owned())
+                .await
+        }
         None => client.subscribe(subject.to_owned()).await,
     }
 }
 
-pub async fn catch_loop(mut sub: async_nats::Subscriber, probe: Arc<Probe>, stop: CancellationToken) {
+pub async fn catch_loop(
+    mut sub: async_nats::Subscriber,
+    probe: Arc<Probe>,
+    stop: CancellationToken,
+) {
     loop {
         let msg = tokio::select! {
             biased;

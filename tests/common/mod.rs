@@ -41,7 +41,11 @@ mod tempdir {
 
     impl Dir {
         pub fn new(prefix: &str) -> Dir {
-            let p = std::env::temp_dir().join(format!("{prefix}-{}-{}", std::process::id(), rand::random::<u32>()));
+            let p = std::env::temp_dir().join(format!(
+                "{prefix}-{}-{}",
+                std::process::id(),
+                rand::random::<u32>()
+            ));
             std::fs::create_dir_all(&p).expect("cannot create a temporary directory");
             Dir(p)
         }
@@ -91,7 +95,11 @@ impl NatsServer {
         self.child = Some(child);
         let give_up = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < give_up, "nats-server did not listen on port {} within 10s", self.port);
+            assert!(
+                Instant::now() < give_up,
+                "nats-server did not listen on port {} within 10s",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -124,7 +132,10 @@ pub fn config_with(nats_url: &str, probes_yaml: &str) -> chirp::config::Config {
 pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let give_up = tokio::time::Instant::now() + limit;
     while !cond() {
-        assert!(tokio::time::Instant::now() < give_up, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

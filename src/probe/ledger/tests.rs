@@ -28,7 +28,13 @@ async fn latency_is_measured_from_the_intended_slot() {
     assert_eq!(l.send(Instant::now()), seq);
     advance(20 * MS).await;
     let got = l.caught(seq, Instant::now());
-    assert_eq!(got, Arrival::Delivered { latency: 50 * MS, reordered: false });
+    assert_eq!(
+        got,
+        Arrival::Delivered {
+            latency: 50 * MS,
+            reordered: false
+        }
+    );
     assert_eq!(Instant::now() - intended, 50 * MS);
     let snap = l.snapshot(Instant::now());
     // HDR keeps 3 significant figures.
@@ -72,11 +78,29 @@ async fn catch_after_the_deadline_is_lost_and_late_even_before_the_sweep() {
 async fn duplicates_late_and_reordered_are_observations_not_outcomes() {
     let mut l = ledger();
     let s = send_n(&mut l, 4).await;
-    assert!(matches!(l.caught(s[1], Instant::now()), Arrival::Delivered { reordered: false, .. }));
-    assert!(matches!(l.caught(s[0], Instant::now()), Arrival::Delivered { reordered: true, .. }));
+    assert!(matches!(
+        l.caught(s[1], Instant::now()),
+        Arrival::Delivered {
+            reordered: false,
+            ..
+        }
+    ));
+    assert!(matches!(
+        l.caught(s[0], Instant::now()),
+        Arrival::Delivered {
+            reordered: true,
+            ..
+        }
+    ));
     assert_eq!(l.caught(s[0], Instant::now()), Arrival::Duplicate);
     assert_eq!(l.caught(s[1], Instant::now()), Arrival::Duplicate);
-    assert!(matches!(l.caught(s[3], Instant::now()), Arrival::Delivered { reordered: false, .. }));
+    assert!(matches!(
+        l.caught(s[3], Instant::now()),
+        Arrival::Delivered {
+            reordered: false,
+            ..
+        }
+    ));
     advance(2000 * MS).await;
     assert_eq!(l.expire(Instant::now()), 1);
     assert_eq!(l.caught(s[2], Instant::now()), Arrival::Late);
@@ -84,7 +108,15 @@ async fn duplicates_late_and_reordered_are_observations_not_outcomes() {
     assert_eq!(l.caught(99, Instant::now()), Arrival::NeverSent);
     let c = l.counts();
     assert_eq!(
-        (c.sent, c.delivered, c.lost, c.duplicate, c.late, c.reordered, c.rejected),
+        (
+            c.sent,
+            c.delivered,
+            c.lost,
+            c.duplicate,
+            c.late,
+            c.reordered,
+            c.rejected
+        ),
         (4, 3, 1, 3, 1, 1, 1)
     );
     assert!(c.invariant_holds());
@@ -95,13 +127,22 @@ async fn publish_failure_resolves_only_in_flight_canaries() {
     let mut l = ledger();
     let s = send_n(&mut l, 3).await;
     assert!(l.publish_failed(s[0], FailureKind::Unavailable));
-    assert!(!l.publish_failed(s[0], FailureKind::Timeout), "resolved once");
+    assert!(
+        !l.publish_failed(s[0], FailureKind::Timeout),
+        "resolved once"
+    );
     l.caught(s[1], Instant::now());
-    assert!(!l.publish_failed(s[1], FailureKind::Other), "a delivered canary stays delivered");
+    assert!(
+        !l.publish_failed(s[1], FailureKind::Other),
+        "a delivered canary stays delivered"
+    );
     // A canary whose publish failed but that arrives anyway is late, not delivered.
     assert_eq!(l.caught(s[0], Instant::now()), Arrival::Late);
     let c = l.counts();
-    assert_eq!((c.sent, c.delivered, c.publish_failed, c.in_flight, c.late), (3, 1, 1, 1, 1));
+    assert_eq!(
+        (c.sent, c.delivered, c.publish_failed, c.in_flight, c.late),
+        (3, 1, 1, 1, 1)
+    );
     assert_eq!(c.failed(FailureKind::Unavailable), 1);
     assert_eq!(c.failed(FailureKind::Timeout), 0);
     assert!(c.invariant_holds());
@@ -125,5 +166,8 @@ async fn memory_is_bounded_and_old_arrivals_are_late() {
     advance(20 * MS).await;
     l.expire(Instant::now());
     let c = l.counts();
-    assert_eq!((c.sent, c.delivered, c.lost, c.in_flight), (5000, 2500, 2500, 0));
+    assert_eq!(
+        (c.sent, c.delivered, c.lost, c.in_flight),
+        (5000, 2500, 2500, 0)
+    );
 }
