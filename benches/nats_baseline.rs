@@ -1,1 +1,126 @@
-fn main() {}
+//! Benchmark: chirp's end-to-end latency on a local nats-server next to a
+//! minimal raw async-nats publish→subscribe loop, measured in one run at the
+//! same rate, message size and connection layout (one client publishing and
+//! subscribing). Prints p50/p90/p99/max for both. Run with
+//! `cargo bench --bench nats_baseline` (needs `nats-server` on PATH).
+//! Figures only: nothing here asserts a speed.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use chirp::runtime::{Options, Runtime};
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const COUNT: u64 = 5000;
+const INTERVAL: Duration = Duration::from_millis(2);
+const SIZE: usize = 256;
+
+fn row(name: &str, h: &Histogram<u64>) {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "{name:<24} n={:<6} p50={:>7.3}ms p90={:>7.3}ms p99={:>7.3}ms p99.9={:>7.3}ms max={:>7.3}ms",
+        h.len(),
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        ms(0.999),
+        h.max() as f64 / 1000.0
+    );
+}
+
+/// The baseline: publish a timestamped message every INTERVAL, measure when it comes back.
+async fn raw_loop(url: &str) -> Histogram<u64> {
+    let client = async_nats::connect(url).await.expect("connect");
+    let mut sub = client.subscribe("bench.raw").await.expect("subscribe");
+    client.flush().await.expect("flush");
+    let start = Instant::now();
+    let collector = tokio::spawn(async move {
+        let mut h = Histogram::<u64>::new(3).expect("histogram");
+        while let Some(msg) = sub.next().await {
+            let sent_us = u64::from_le_bytes(msg.payload[..8].try_into().expect("8 bytes"));
+            let now_us = start.elapsed().as_micros() as u64;
+            h.record(now_us.saturating_sub(sent_us)).expect("record");
+            if h.len() == COUNT {
+                break;
+            }
+        }
+        h
+    });
+    for i in 0..COUNT {
+        // Same schedule discipline as chirp: latency from the intended slot.
+        let intended = start + INTERVAL * i as u32;
+        tokio::time::sleep_until(intended).await;
+        let mut payload = vec![b'x'; SIZE];
+        let intended_us = (intended - start).as_micros() as u64;
+        payload[..8].copy_from_slice(&intended_us.to_le_bytes());
+        client
+            .publish("bench.raw", payload.into())
+            .await
+            .expect("publish");
+    }
+    tokio::time::timeout(Duration::from_secs(30), collector)
+        .await
+        .expect("all raw messages back")
+        .expect("collector")
+}
+
+async fn chirp_loop(url: &str) {
+    let config = common::config_with(
+        url,
+        &format!(
+            "  - name: bench\n    interval: {}ms\n    deadline: 10s\n    payload: {{size: {SIZE}}}\n    inject: {{nats: {{connection: main, subject: bench.chirp}}}}\n    catch: {{nats: {{connection: main, subject: bench.chirp}}}}\n",
+            INTERVAL.as_millis()
+        ),
+    );
+    let mut rt = Runtime::start(
+        &config,
+        Options {
+            count: Some(COUNT),
+            fail_fast: true,
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("start chirp");
+    rt.injection_done().await;
+    rt.drain(Duration::from_secs(15)).await;
+    let snap = rt.probes[0].snapshot(Instant::now());
+    let c = snap.counts;
+    assert!(c.invariant_holds());
+    println!(
+        "chirp counts: sent={} delivered={} lost={} publish_failed={}",
+        c.sent, c.delivered, c.lost, c.publish_failed
+    );
+    let l = snap.latency.cumulative;
+    rt.shutdown().await;
+    println!(
+        "{:<24} n={:<6} p50={:>7.3}ms p90={:>7.3}ms p99={:>7.3}ms p99.9={:>7.3}ms max={:>7.3}ms",
+        "chirp (nats loop)",
+        l.count,
+        l.p50 * 1e3,
+        l.p90 * 1e3,
+        l.p99 * 1e3,
+        l.p999 * 1e3,
+        l.max * 1e3
+    );
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let nats = common::NatsServer::start();
+    println!(
+        "nats-server on 127.0.0.1:{}; {COUNT} messages of {SIZE} bytes every {INTERVAL:?}, raw then chirp, then raw again",
+        nats.port
+    );
+    rt.block_on(async {
+        row("raw async-nats loop", &raw_loop(&nats.url()).await);
+        chirp_loop(&nats.url()).await;
+        row("raw async-nats loop", &raw_loop(&nats.url()).await);
+    });
+}

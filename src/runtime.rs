@@ -179,7 +179,11 @@ impl Runtime {
             probes.push(probe);
         }
 
-        let state = AppState::new(config.environment.clone(), probes.clone());
+        let state = AppState::new(
+            config.environment.clone(),
+            config.prometheus,
+            probes.clone(),
+        );
         let app = server::router(state);
         let stop = server_stop.clone();
         others.spawn(async move {

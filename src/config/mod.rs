@@ -32,6 +32,8 @@ pub struct Config {
     pub signing_key: Secret,
     /// How long shutdown waits for in-flight canaries to resolve.
     pub shutdown_grace: Duration,
+    /// Serve `/metrics` (`export.prometheus`, default true).
+    pub prometheus: bool,
     pub connections: BTreeMap<String, Connection>,
     pub probes: Vec<ProbeConfig>,
 }
@@ -367,9 +369,10 @@ fn read_config(root: &Value, r: &mut Reader) -> Option<Config> {
     let shutdown_grace = r
         .duration(&top, "shutdown_grace")
         .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+    let mut prometheus = true;
     if let Some(export) = top.get("export") {
         let f = r.fields(export, "export", &["prometheus", "otlp"]);
-        r.bool(&f, "prometheus");
+        prometheus = r.bool(&f, "prometheus").unwrap_or(true);
         if f.has("otlp") {
             r.error(
                 &f.path_of("otlp"),
@@ -386,6 +389,7 @@ fn read_config(root: &Value, r: &mut Reader) -> Option<Config> {
         listen: listen?,
         signing_key: signing_key?,
         shutdown_grace,
+        prometheus,
         connections,
         probes: probes?,
     })

@@ -327,8 +327,18 @@ impl Ledger {
     }
 
     /// When the oldest in-flight canary expires, if any is in flight.
-    pub fn next_expiry(&self) -> Option<Instant> {
-        (self.counts.in_flight > 0).then(|| self.intended(self.expire_cursor) + self.deadline)
+    pub fn next_expiry(&mut self) -> Option<Instant> {
+        if self.counts.in_flight == 0 {
+            return None;
+        }
+        // Skip canaries already resolved: only an in-flight one can expire.
+        while self.expire_cursor < self.next_seq {
+            match self.state_mut(self.expire_cursor) {
+                Some(State::InFlight) => break,
+                _ => self.expire_cursor += 1,
+            }
+        }
+        Some(self.intended(self.expire_cursor) + self.deadline)
     }
 
     pub fn counts(&self) -> Counts {

@@ -206,14 +206,24 @@ impl Probe {
         let timeout = self.config.publish_timeout;
         let deadline = self.config.deadline;
         loop {
-            let (seq, intended) = self.ledger().next_slot();
+            let ((seq, intended), expiry) = {
+                let mut l = self.ledger();
+                (l.next_slot(), l.next_expiry())
+            };
             if limit.is_some_and(|n| seq >= n) || until.is_some_and(|u| intended >= u) {
                 break;
             }
+            // Wake for the next slot, or earlier when a canary's deadline
+            // passes, so `lost` is declared on time even with long intervals.
+            let wake_for_expiry = expiry.filter(|e| *e < intended);
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep_until(intended) => {}
+                _ = tokio::time::sleep_until(wake_for_expiry.unwrap_or(intended)) => {}
+            }
+            if wake_for_expiry.is_some() {
+                self.ledger().expire(Instant::now());
+                continue;
             }
             let now = Instant::now();
             let seq = {

@@ -21,12 +21,14 @@ use tokio::time::Instant;
 /// What the handlers share.
 pub struct AppState {
     pub environment: String,
+    /// Serve `/metrics`.
+    pub prometheus: bool,
     pub probes: Vec<Arc<Probe>>,
     registry: Registry,
 }
 
 impl AppState {
-    pub fn new(environment: String, probes: Vec<Arc<Probe>>) -> Arc<Self> {
+    pub fn new(environment: String, prometheus: bool, probes: Vec<Arc<Probe>>) -> Arc<Self> {
         let mut registry = Registry::default();
         registry.register(
             "chirp_build",
@@ -42,6 +44,7 @@ impl AppState {
         }));
         Arc::new(AppState {
             environment,
+            prometheus,
             probes,
             registry,
         })
@@ -53,9 +56,12 @@ impl AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    if state.prometheus {
+        router = router.route("/metrics", get(metrics_handler));
+    }
+    router
         .route("/", get(status_page))
-        .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/probes", get(api_probes))

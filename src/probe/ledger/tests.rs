@@ -171,3 +171,21 @@ async fn memory_is_bounded_and_old_arrivals_are_late() {
         (5000, 2500, 2500, 0)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn next_expiry_skips_resolved_canaries() {
+    let mut l = ledger();
+    assert_eq!(l.next_expiry(), None);
+    let s = send_n(&mut l, 3).await; // intended at 0, 100, 200 ms
+    let t0 = l.intended(0);
+    assert_eq!(l.next_expiry(), Some(t0 + 1000 * MS));
+    l.caught(s[0], Instant::now());
+    l.caught(s[1], Instant::now());
+    assert_eq!(
+        l.next_expiry(),
+        Some(t0 + 1200 * MS),
+        "only seq 2 can still expire"
+    );
+    l.caught(s[2], Instant::now());
+    assert_eq!(l.next_expiry(), None);
+}
