@@ -238,3 +238,52 @@ fn run_with_the_shipped_config_serves_growing_counts_and_stops_on_sigterm() {
     );
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn check_for_a_duration_on_the_self_test_loop() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/probes.yaml");
+    let out = Command::new(CHIRP)
+        .args([
+            "check",
+            "-c",
+            shipped,
+            "--listen",
+            "127.0.0.1:0",
+            "--duration",
+            "1s",
+            "--probe",
+            "self-test",
+        ])
+        .args(["--max-loss", "0%", "--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let c = &v["probes"][0]["counts"];
+    // 1 s at one canary per 200 ms: slots at 0, 200, 400, 600 and 800 ms.
+    assert_eq!(c["sent"], 5, "{v}");
+    assert_eq!(c["delivered"], 5, "{v}");
+    assert_eq!(v["passed"], true);
+
+    let out = Command::new(CHIRP)
+        .args([
+            "check",
+            "-c",
+            shipped,
+            "--listen",
+            "127.0.0.1:0",
+            "--count",
+            "1",
+            "--probe",
+            "nope",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no probe named `nope`"));
+}
