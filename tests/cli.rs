@@ -167,14 +167,19 @@ fn check_without_an_amount_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-fn scrape(port: u16) -> Option<String> {
+/// The whole HTTP/1.0 response (status line, headers, body) to `GET path`.
+fn get(port: u16, path: &str) -> Option<String> {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     Some(body)
+}
+
+fn scrape(port: u16) -> Option<String> {
+    get(port, "/metrics")
 }
 
 /// Sum of every sample of metric `name` (all label sets).
@@ -217,6 +222,8 @@ fn run_with_the_shipped_config_serves_growing_counts_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let text = scrape(port).unwrap_or_default();
+    let api = get(port, "/api/probes").unwrap_or_default();
+    let readyz = get(port, "/readyz").unwrap_or_default();
     // SIGTERM: stop injecting, drain, exit 0.
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -226,6 +233,18 @@ fn run_with_the_shipped_config_serves_growing_counts_and_stops_on_sigterm() {
         seen.len(),
         2,
         "delivered count did not grow within 10s: {seen:?}"
+    );
+    assert!(
+        readyz.starts_with("HTTP/1.0 200") || readyz.starts_with("HTTP/1.1 200"),
+        "{readyz}"
+    );
+    let json = api.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {api}"));
+    assert_eq!(v["probes"][0]["name"], "self-test");
+    assert_eq!(v["probes"][0]["up"], true);
+    assert!(
+        v["probes"][0]["counts"]["delivered"].as_u64().unwrap() > 0,
+        "{v}"
     );
     let m = |name| metric(&text, name).unwrap_or_else(|| panic!("{name} missing: {text}"));
     assert_eq!(

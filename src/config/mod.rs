@@ -11,7 +11,7 @@ mod secret;
 mod vars;
 
 pub use reader::ConfigError;
-pub use secret::Secret;
+pub use secret::{Endpoint, Secret};
 pub use vars::{Env, ProcessEnv};
 
 use reader::{child, did_you_mean, Reader};
@@ -47,7 +47,7 @@ pub enum Connection {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NatsConnection {
     /// One or more server URLs, comma separated.
-    pub url: String,
+    pub url: Endpoint,
     pub token: Option<Secret>,
     pub user: Option<String>,
     pub password: Option<Secret>,
@@ -107,7 +107,7 @@ pub struct NatsCatch {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpInject {
     /// An absolute `http(s)://` URL, or a path starting with `/` on chirp's own listener.
-    pub url: String,
+    pub url: Endpoint,
     pub method: HttpMethod,
     /// Extra request headers; values are secret (they often carry credentials).
     pub headers: Vec<(String, Secret)>,
@@ -502,7 +502,7 @@ fn read_nats_connection(value: &Value, path: &str, r: &mut Reader) -> Option<Nat
         tls
     });
     Some(NatsConnection {
-        url: url?,
+        url: Endpoint::new(url?),
         token,
         user,
         password,

@@ -234,7 +234,10 @@ fn read_inject(
                 if !(u.starts_with("http://") || u.starts_with("https://") || u.starts_with('/')) {
                     r.error(
                         &f.path_of("url"),
-                        format!("`{u}` must start with http://, https:// or / (a path on chirp's own listener)"),
+                        format!(
+                            "`{}` must start with http://, https:// or / (a path on chirp's own listener)",
+                            Endpoint::new(u.clone())
+                        ),
                     );
                 }
             }
@@ -261,7 +264,7 @@ fn read_inject(
                 .collect();
             let signature_header = header_name(&f, "signature_header", r)?;
             Some(Inject::Http(HttpInject {
-                url: url?,
+                url: Endpoint::new(url?),
                 method: method?,
                 headers,
                 signature_header,

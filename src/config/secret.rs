@@ -46,3 +46,75 @@ mod tests {
         assert_eq!(s.expose(), "hunter2");
     }
 }
+
+/// A URL (or comma-separated URLs) that may embed credentials, as in
+/// `nats://user:pass@host` or `https://hooks.example/x?token=…`. Printed with
+/// the user information and the query replaced by `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Endpoint(String);
+
+impl Endpoint {
+    pub fn new(value: impl Into<String>) -> Self {
+        Endpoint(value.into())
+    }
+
+    /// The full URL, for the client that connects to it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with credentials hidden, for logs and errors.
+    pub fn redacted(&self) -> String {
+        self.0
+            .split(',')
+            .map(redact_one)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn redact_one(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => (&url[..i + 3], &url[i + 3..]),
+        None => ("", url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let host = match authority.rfind('@') {
+        Some(at) => format!("***@{}", &authority[at + 1..]),
+        None => authority.to_owned(),
+    };
+    let tail = match tail.find('?') {
+        Some(q) => format!("{}?***", &tail[..q]),
+        None => tail.to_owned(),
+    };
+    format!("{scheme}{host}{tail}")
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::*;
+
+    #[test]
+    fn hides_user_information_and_queries() {
+        let e = Endpoint::new("nats://alice:pw@n1:4222,nats://n2:4222");
+        assert_eq!(e.redacted(), "nats://***@n1:4222,nats://n2:4222");
+        assert_eq!(format!("{e:?}"), "\"nats://***@n1:4222,nats://n2:4222\"");
+        let h = Endpoint::new("https://hooks.example/in/x?token=s3cret&a=b");
+        assert_eq!(h.to_string(), "https://hooks.example/in/x?***");
+        assert_eq!(Endpoint::new("/hooks/self").to_string(), "/hooks/self");
+        assert_eq!(h.expose(), "https://hooks.example/in/x?token=s3cret&a=b");
+    }
+}

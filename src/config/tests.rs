@@ -16,7 +16,7 @@ defaults:
 connections:
   main:
     nats:
-      url: nats://127.0.0.1:4222
+      url: nats://alice:pw-in-url@127.0.0.1:4222
       token: s3cr3t-token
 probes:
   - name: orders
@@ -68,7 +68,12 @@ fn reads_a_valid_file_with_defaults_applied() {
 fn secrets_never_appear_in_debug_output() {
     let c = load_str(GOOD, &env()).unwrap();
     let dbg = format!("{c:?}");
-    for secret in ["a-long-enough-signing-key", "s3cr3t-token", "Bearer abc"] {
+    for secret in [
+        "a-long-enough-signing-key",
+        "s3cr3t-token",
+        "Bearer abc",
+        "pw-in-url",
+    ] {
         assert!(!dbg.contains(secret), "{secret} leaked in {dbg}");
     }
 }

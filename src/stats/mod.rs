@@ -1,9 +1,12 @@
 //! Latency statistics: HDR histograms (3 significant figures, microsecond
 //! resolution, saturating) kept cumulatively and over a rolling window, plus
-//! fixed Prometheus buckets. Memory is bounded: histograms grow only up to the
-//! largest value they may hold (the probe's deadline).
+//! fixed Prometheus buckets. Memory is bounded: the cumulative histogram grows
+//! only up to the largest value it may hold (the probe's deadline), and the
+//! window's slots keep only the HDR buckets actually hit, so a probe costs a
+//! few tens of KiB rather than one dense histogram per slot.
 
 use hdrhistogram::Histogram;
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -89,7 +92,9 @@ impl Buckets {
 #[derive(Debug)]
 pub struct LatencyStats {
     cumulative: Histogram<u64>,
-    window: Vec<Histogram<u64>>,
+    /// Rolling-window slots: count per HDR bucket (keyed by the bucket's
+    /// lowest equivalent value), sparse because a slot sees few distinct buckets.
+    window: Vec<HashMap<u64, u64>>,
     /// Index of the slot being written.
     current: usize,
     /// When the current slot began.
@@ -127,7 +132,7 @@ impl LatencyStats {
         let n = bounds_us.len();
         LatencyStats {
             cumulative: histogram(),
-            window: (0..SLOTS).map(|_| histogram()).collect(),
+            window: (0..SLOTS).map(|_| HashMap::new()).collect(),
             current: 0,
             slot_start: now,
             slot_len: WINDOW / SLOTS as u32,
@@ -144,11 +149,12 @@ impl LatencyStats {
         let us = (value.as_micros() as u64).min(self.max_us);
         // `us` is clamped, so auto-resizing stays bounded; `record` only
         // fails on count overflow (2^64 values), where saturating is right.
-        for h in [&mut self.cumulative, &mut self.window[self.current]] {
-            if h.record(us).is_err() {
-                h.saturating_record(us);
-            }
+        if self.cumulative.record(us).is_err() {
+            self.cumulative.saturating_record(us);
         }
+        let bucket = self.cumulative.lowest_equivalent(us);
+        let n = self.window[self.current].entry(bucket).or_insert(0);
+        *n = n.saturating_add(1);
         let i = self.bounds_us.partition_point(|b| *b < us);
         self.bucket_counts[i] = self.bucket_counts[i].saturating_add(1);
         self.sum_s += us as f64 / 1e6;
@@ -163,7 +169,12 @@ impl LatencyStats {
         let steps = (elapsed.as_nanos() / self.slot_len.as_nanos()) as u64;
         for _ in 0..steps.min(SLOTS as u64) {
             self.current = (self.current + 1) % SLOTS;
-            self.window[self.current].reset();
+            let slot = &mut self.window[self.current];
+            slot.clear();
+            // Give back memory after a burst of unusually many distinct values.
+            if slot.capacity() > 1024 {
+                slot.shrink_to(64);
+            }
         }
         self.slot_start += self.slot_len * steps.min(u32::MAX as u64) as u32;
     }
@@ -176,9 +187,12 @@ impl LatencyStats {
     pub fn window(&mut self, now: Instant) -> Summary {
         self.rotate(now);
         let mut merged = histogram();
-        for h in &self.window {
-            // Both sides use the same precision, so adding cannot fail.
-            let _ = merged.add(h);
+        for slot in &self.window {
+            for (value, n) in slot {
+                if merged.record_n(*value, *n).is_err() {
+                    merged.saturating_record_n(*value, *n);
+                }
+            }
         }
         Summary::of(&merged)
     }

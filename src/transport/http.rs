@@ -32,10 +32,10 @@ pub enum BuildError {
 impl HttpInjector {
     /// `base` is chirp's own listener, for URLs given as a path (the self-test loop).
     pub fn new(cfg: &HttpInject, base: &str, signer: Signer) -> Result<Self, BuildError> {
-        let url = if cfg.url.starts_with('/') {
-            format!("{base}{}", cfg.url)
+        let url = if cfg.url.expose().starts_with('/') {
+            format!("{base}{}", cfg.url.expose())
         } else {
-            cfg.url.clone()
+            cfg.url.expose().to_owned()
         };
         let mut headers = reqwest::header::HeaderMap::new();
         for (k, v) in &cfg.headers {
@@ -47,7 +47,7 @@ impl HttpInjector {
             headers.insert(name, value);
         }
         let mut builder = reqwest::Client::builder();
-        if cfg.url.starts_with('/') {
+        if cfg.url.expose().starts_with('/') {
             // The self-test loop talks to our own listener: never through a proxy.
             builder = builder.no_proxy();
         }
@@ -111,8 +111,9 @@ fn classify_error(e: &reqwest::Error) -> PublishError {
     } else {
         FailureKind::Other
     };
-    // Walk the chain so the log says why (connection refused, DNS, TLS...).
-    let mut message = e.to_string();
+    // Walk the chain so the log says why (connection refused, DNS, TLS...);
+    // without the URL, which may carry a token in its query.
+    let mut message = "request failed".to_owned();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         message.push_str(": ");

@@ -23,6 +23,8 @@ pub enum ConnectError {
         path: String,
         source: std::io::Error,
     },
+    #[error("`{0}` is not a NATS server URL (write e.g. nats://host:4222)")]
+    BadUrl(String),
     #[error("cannot connect to NATS at {url}: {source}")]
     Connect {
         url: String,
@@ -89,15 +91,17 @@ pub async fn connect(
     if retry {
         opts = opts.retry_on_initial_connect();
     }
-    let urls = conn.url.as_str();
-    let addrs: Vec<async_nats::ServerAddr> = urls
-        .split(',')
-        .filter_map(|u| u.trim().parse().ok())
-        .collect();
+    let mut addrs: Vec<async_nats::ServerAddr> = Vec::new();
+    for part in conn.url.expose().split(',') {
+        match part.trim().parse() {
+            Ok(a) => addrs.push(a),
+            Err(_) => return Err(ConnectError::BadUrl(conn.url.redacted())),
+        }
+    }
     opts.connect(addrs)
         .await
         .map_err(|source| ConnectError::Connect {
-            url: urls.to_owned(),
+            url: conn.url.redacted(),
             source,
         })
 }
