@@ -8,7 +8,6 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use chirp::runtime::{Options, Runtime};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use std::time::Duration;
@@ -85,16 +84,7 @@ async fn chirp_loop(url: &str) {
             INTERVAL.as_millis()
         ),
     );
-    let mut rt = Runtime::start(
-        &config,
-        Options {
-            count: Some(COUNT),
-            fail_fast: true,
-            ..Options::default()
-        },
-    )
-    .await
-    .expect("start chirp");
+    let mut rt = common::start_counted(&config, COUNT).await;
     rt.injection_done().await;
     rt.drain(Duration::from_secs(15)).await;
     let snap = rt.probes[0].snapshot(Instant::now());

@@ -7,7 +7,6 @@ mod common;
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use chirp::canary::{Signer, HEADER};
-use chirp::runtime::{Options, Runtime};
 use common::{config_with, NatsServer, KEY};
 use futures::StreamExt;
 use std::time::Duration;
@@ -70,16 +69,7 @@ async fn nats_in_webhook_out_and_http_in_nats_out() {
         }
     });
 
-    let mut rt = Runtime::start(
-        &config,
-        Options {
-            count: Some(COUNT),
-            fail_fast: true,
-            ..Options::default()
-        },
-    )
-    .await
-    .expect("start");
+    let mut rt = common::start_counted(&config, COUNT).await;
     addr_tx.send(rt.addr).unwrap();
     rt.injection_done().await;
     assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);

@@ -6,7 +6,6 @@
 mod common;
 
 use chirp::canary::{Signer, HEADER};
-use chirp::runtime::{Options, Runtime};
 use common::{config_with, NatsServer, KEY};
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
@@ -104,16 +103,7 @@ async fn exact_counts_and_percentiles_through_a_faulty_relay() {
     relay_client.flush().await.expect("relay flush");
     let relay_task = tokio::spawn(relay(relay_client, sub, plan));
 
-    let mut rt = Runtime::start(
-        &config,
-        Options {
-            count: Some(COUNT),
-            fail_fast: true,
-            ..Options::default()
-        },
-    )
-    .await
-    .expect("start");
+    let mut rt = common::start_counted(&config, COUNT).await;
     rt.injection_done().await;
     let left = rt.drain(Duration::from_secs(5)).await;
     assert_eq!(left, 0, "every canary resolves within its deadline");

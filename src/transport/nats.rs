@@ -205,5 +205,12 @@ pub async fn catch_loop(
             .map(|v| v.as_str());
         probe.on_message(header, &msg.payload, now);
     }
-    let _ = sub.unsubscribe().await;
+    if stop.is_cancelled() {
+        let _ = sub.unsubscribe().await;
+    } else {
+        tracing::error!(
+            probe = %probe.name(),
+            "The NATS subscription ended (the client was closed); this probe's canaries will count as lost."
+        );
+    }
 }

@@ -139,3 +139,17 @@ pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> boo
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Starts chirp as `check` does: fail if a broker is unreachable, send `count` canaries per probe.
+pub async fn start_counted(config: &chirp::config::Config, count: u64) -> chirp::runtime::Runtime {
+    chirp::runtime::Runtime::start(
+        config,
+        chirp::runtime::Options {
+            count: Some(count),
+            fail_fast: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("chirp starts")
+}
