@@ -1,4 +1,4 @@
-//! The canary token: `chirp1.<probe>.<run>.<seq>.<sent_us>.<mac>`, an ASCII
+//! The canary token: `chirp1.<probe>.<run>.<lane>.<seq>.<sent_us>.<mac>`, an ASCII
 //! string safe in JSON, headers and URLs, signed with a truncated
 //! HMAC-SHA256. Also finds a token in a message (header, JSON pointer, or a
 //! scan of the body). Parsing never panics, whatever the input.
@@ -17,7 +17,7 @@ pub const HEADER: &str = "Chirp-Token";
 /// Bytes of the HMAC kept in the token (128 bits).
 const MAC_LEN: usize = 16;
 /// Longest possible token: prefix, 64-byte probe, 16 hex, two u64, 32 hex, 5 dots.
-pub const MAX_LEN: usize = PREFIX.len() + 64 + 1 + 16 + 1 + 20 + 1 + 20 + 1 + MAC_LEN * 2;
+pub const MAX_LEN: usize = PREFIX.len() + 64 + 1 + 16 + 1 + 10 + 1 + 20 + 1 + 20 + 1 + MAC_LEN * 2;
 
 /// The fields a token carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +25,9 @@ pub struct Token {
     pub probe: String,
     /// Random per process start: tells this run's canaries from any other's.
     pub run_id: u64,
+    /// Which of the probe's sequences: the Kafka partition in per-partition
+    /// mode, else 0. Each lane numbers its canaries from 0.
+    pub lane: u32,
     pub seq: u64,
     /// Wall-clock send time, microseconds since the Unix epoch.
     pub sent_unix_us: u64,
@@ -62,8 +65,8 @@ impl Signer {
     /// Encodes and signs `token`.
     pub fn encode(&self, token: &Token) -> String {
         let body = format!(
-            "{PREFIX}{}.{:016x}.{}.{}",
-            token.probe, token.run_id, token.seq, token.sent_unix_us
+            "{PREFIX}{}.{:016x}.{}.{}.{}",
+            token.probe, token.run_id, token.lane, token.seq, token.sent_unix_us
         );
         let tag = self.tag(body.as_bytes());
         let mut out = body;
@@ -121,7 +124,8 @@ fn parse(s: &str) -> Result<(Token, &str, &str), TokenError> {
         return Err(TokenError::Malformed);
     }
     let mut parts = body[PREFIX.len()..].split('.');
-    let (Some(probe), Some(run), Some(seq), Some(sent), None) = (
+    let (Some(probe), Some(run), Some(lane), Some(seq), Some(sent), None) = (
+        parts.next(),
         parts.next(),
         parts.next(),
         parts.next(),
@@ -135,16 +139,19 @@ fn parse(s: &str) -> Result<(Token, &str, &str), TokenError> {
         && probe
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !probe_ok || run.len() != 16 || !all_digits(seq) || !all_digits(sent) {
+    let lane_ok = all_digits(lane) && lane.len() <= 10;
+    if !probe_ok || run.len() != 16 || !lane_ok || !all_digits(seq) || !all_digits(sent) {
         return Err(TokenError::Malformed);
     }
     let run_id = u64::from_str_radix(run, 16).map_err(|_| TokenError::Malformed)?;
+    let lane = lane.parse().map_err(|_| TokenError::Malformed)?;
     let seq = seq.parse().map_err(|_| TokenError::Malformed)?;
     let sent_unix_us = sent.parse().map_err(|_| TokenError::Malformed)?;
     Ok((
         Token {
             probe: probe.to_owned(),
             run_id,
+            lane,
             seq,
             sent_unix_us,
         },
@@ -211,8 +218,9 @@ pub fn find<'a>(
 pub fn body(token: &str, t: &Token, size: usize) -> Vec<u8> {
     let sent = UNIX_EPOCH + std::time::Duration::from_micros(t.sent_unix_us);
     let mut s = format!(
-        r#"{{"chirp":"{token}","probe":"{}","seq":{},"sent_at":"{}""#,
+        r#"{{"chirp":"{token}","probe":"{}","lane":{},"seq":{},"sent_at":"{}""#,
         t.probe,
+        t.lane,
         t.seq,
         humantime::format_rfc3339_micros(sent)
     );
@@ -244,6 +252,7 @@ mod tests {
         Token {
             probe: "orders-eu_1".into(),
             run_id: 0xdead_beef_0123_4567,
+            lane: 3,
             seq: 42,
             sent_unix_us: 1_790_000_000_123_456,
         }
@@ -253,10 +262,10 @@ mod tests {
     fn round_trips_and_matches_documented_form() {
         let s = Signer::new(b"0123456789abcdef");
         let enc = s.encode(&token());
-        assert!(enc.starts_with("chirp1.orders-eu_1.deadbeef01234567.42.1790000000123456."));
+        assert!(enc.starts_with("chirp1.orders-eu_1.deadbeef01234567.3.42.1790000000123456."));
         assert_eq!(
             enc.len(),
-            "chirp1.orders-eu_1.deadbeef01234567.42.1790000000123456.".len() + 32
+            "chirp1.orders-eu_1.deadbeef01234567.3.42.1790000000123456.".len() + 32
         );
         assert_eq!(s.decode(&enc), Ok(token()));
     }
@@ -279,13 +288,15 @@ mod tests {
         for bad in [
             "",
             "chirp1.",
-            "chirp1.a.b.c.d.e",
-            "chirp1.p.deadbeef01234567.1.2.zz",
-            "chirp1.p.deadbeef0123456.1.2.00000000000000000000000000000000",
-            "chirp1.p.deadbeef01234567.-1.2.00000000000000000000000000000000",
-            "chirp1.p.deadbeef01234567.99999999999999999999.2.00000000000000000000000000000000",
-            "chirp1.p q.deadbeef01234567.1.2.00000000000000000000000000000000",
-            "chirp2.p.deadbeef01234567.1.2.00000000000000000000000000000000",
+            "chirp1.a.b.c.d.e.f",
+            "chirp1.p.deadbeef01234567.1.2.00000000000000000000000000000000",
+            "chirp1.p.deadbeef01234567.99999999999.1.2.00000000000000000000000000000000",
+            "chirp1.p.deadbeef01234567.0.1.2.zz",
+            "chirp1.p.deadbeef0123456.0.1.2.00000000000000000000000000000000",
+            "chirp1.p.deadbeef01234567.0.-1.2.00000000000000000000000000000000",
+            "chirp1.p.deadbeef01234567.0.99999999999999999999.2.00000000000000000000000000000000",
+            "chirp1.p q.deadbeef01234567.0.1.2.00000000000000000000000000000000",
+            "chirp2.p.deadbeef01234567.0.1.2.00000000000000000000000000000000",
         ] {
             assert_eq!(s.decode(bad), Err(TokenError::Malformed), "{bad:?}");
         }

@@ -26,6 +26,18 @@ pub struct ProbeReport {
     pub latency: Latencies,
     pub publish_latency: Latencies,
     pub schedule_lag: Latencies,
+    /// Per-partition rows, in per-partition mode (Kafka `partitions:`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PartitionReport>,
+}
+
+/// One partition of a per-partition probe.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionReport {
+    pub partition: u32,
+    pub counts: Counts,
+    pub latency: Latencies,
+    pub publish_latency: Latencies,
 }
 
 impl ProbeReport {
@@ -46,6 +58,22 @@ impl ProbeReport {
             latency: snap.latency,
             publish_latency: snap.publish_latency,
             schedule_lag: snap.schedule_lag,
+            partitions: if p.per_partition {
+                p.lanes()
+                    .iter()
+                    .map(|lane| {
+                        let s = lane.ledger().snapshot(now);
+                        PartitionReport {
+                            partition: lane.id,
+                            counts: s.counts,
+                            latency: s.latency,
+                            publish_latency: s.publish_latency,
+                        }
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -79,7 +107,27 @@ fn cell(s: &Summary, pick: fn(&Summary) -> f64) -> String {
     }
 }
 
-/// The per-probe table shown by `check` and the status page.
+fn row(name: &str, c: &Counts, s: &Summary) -> Vec<String> {
+    vec![
+        name.to_owned(),
+        c.sent.to_string(),
+        c.delivered.to_string(),
+        c.lost.to_string(),
+        c.publish_failed.to_string(),
+        c.in_flight.to_string(),
+        c.duplicate.to_string(),
+        c.late.to_string(),
+        c.reordered.to_string(),
+        cell(s, |s| s.p50),
+        cell(s, |s| s.p90),
+        cell(s, |s| s.p99),
+        cell(s, |s| s.p999),
+        cell(s, |s| s.max),
+    ]
+}
+
+/// The per-probe table (with a row per partition in per-partition mode)
+/// shown by `check` and the status page.
 pub fn text_table(rows: &[ProbeReport], span: Span) -> String {
     let header = [
         "PROBE",
@@ -99,27 +147,18 @@ pub fn text_table(rows: &[ProbeReport], span: Span) -> String {
     ];
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for r in rows {
-        let c = &r.counts;
-        let s = match span {
-            Span::Window => &r.latency.window,
-            Span::Total => &r.latency.cumulative,
+        let pick = |l: &Latencies| match span {
+            Span::Window => l.window,
+            Span::Total => l.cumulative,
         };
-        table.push(vec![
-            r.name.clone(),
-            c.sent.to_string(),
-            c.delivered.to_string(),
-            c.lost.to_string(),
-            c.publish_failed.to_string(),
-            c.in_flight.to_string(),
-            c.duplicate.to_string(),
-            c.late.to_string(),
-            c.reordered.to_string(),
-            cell(s, |s| s.p50),
-            cell(s, |s| s.p90),
-            cell(s, |s| s.p99),
-            cell(s, |s| s.p999),
-            cell(s, |s| s.max),
-        ]);
+        table.push(row(&r.name, &r.counts, &pick(&r.latency)));
+        for p in &r.partitions {
+            table.push(row(
+                &format!("  partition {}", p.partition),
+                &p.counts,
+                &pick(&p.latency),
+            ));
+        }
     }
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {

@@ -4,10 +4,10 @@
 //! (stop injecting, let in-flight canaries resolve, stop catching).
 
 use crate::canary::Signer;
-use crate::config::{Catch, Config, Connection, Inject};
-use crate::probe::{Links, Probe};
+use crate::config::{Catch, Config, Connection, Inject, KafkaInject, Partitions};
+use crate::probe::{CatchLink, Links, Probe};
 use crate::server::{self, AppState};
-use crate::transport::{http::HttpInjector, nats, Injector};
+use crate::transport::{http::HttpInjector, kafka, nats, Injector};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +50,16 @@ pub enum StartError {
         source: async_nats::SubscribeError,
     },
     #[error("probe `{probe}`: {source}")]
+    Kafka {
+        probe: String,
+        source: kafka::KafkaSetupError,
+    },
+    #[error("connection `{name}`: {source}")]
+    KafkaConnection {
+        name: String,
+        source: kafka::KafkaSetupError,
+    },
+    #[error("probe `{probe}`: {source}")]
     Http {
         probe: String,
         source: crate::transport::http::BuildError,
@@ -62,7 +72,13 @@ impl StartError {
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
-            StartError::Connect { .. } | StartError::Subscribe { .. }
+            StartError::Connect { .. }
+                | StartError::Subscribe { .. }
+                | StartError::Kafka {
+                    source: kafka::KafkaSetupError::Metadata { .. }
+                        | kafka::KafkaSetupError::NoTopic(_),
+                    ..
+                }
         )
     }
 }
@@ -78,6 +94,15 @@ pub struct Runtime {
     server_stop: CancellationToken,
     injects: JoinSet<()>,
     others: JoinSet<()>,
+    /// Embedded Kafka test clusters; stopped last.
+    embedded: Vec<kafka::Embedded>,
+    kafka_health: Vec<Arc<kafka::Health>>,
+}
+
+/// A Kafka connection's shared parts.
+struct KafkaConn {
+    base: rdkafka::ClientConfig,
+    health: Arc<kafka::Health>,
 }
 
 impl Runtime {
@@ -97,10 +122,10 @@ impl Runtime {
                 matches!(&p.inject, Inject::Nats(n) if &n.connection == name)
                     || matches!(&p.catch, Catch::Nats(n) if &n.connection == name)
             });
+            let Connection::Nats(nc) = conn else { continue };
             if !used {
                 continue;
             }
-            let Connection::Nats(nc) = conn;
             let client = nats::connect(name, nc, !opts.fail_fast)
                 .await
                 .map_err(|source| StartError::Connect {
@@ -110,9 +135,61 @@ impl Runtime {
             clients.insert(name.clone(), client);
         }
 
+        let mut embedded = Vec::new();
+        let mut kafka_conns: HashMap<String, KafkaConn> = HashMap::new();
+        for (name, conn) in &config.connections {
+            let Connection::Kafka(kc) = conn else {
+                continue;
+            };
+            let mut topics: Vec<String> = Vec::new();
+            for p in &config.probes {
+                if let Inject::Kafka(k) = &p.inject {
+                    if &k.connection == name {
+                        topics.push(k.topic.clone());
+                    }
+                }
+                if let Catch::Kafka(k) = &p.catch {
+                    if &k.connection == name {
+                        topics.push(k.topic.clone());
+                    }
+                }
+            }
+            if topics.is_empty() {
+                continue;
+            }
+            topics.sort();
+            topics.dedup();
+            let mut cluster = None;
+            if kc.brokers == crate::config::KafkaBrokers::Embedded {
+                let e = kafka::Embedded::start(topics).map_err(|source| {
+                    StartError::KafkaConnection {
+                        name: name.clone(),
+                        source,
+                    }
+                })?;
+                tracing::info!(
+                    connection = %name,
+                    bootstrap = %e.bootstrap,
+                    "Started the embedded Kafka test cluster (librdkafka's mock cluster inside chirp, not a Kafka broker)."
+                );
+                cluster = Some(e);
+            }
+            let base = kafka::client_config(kc, kafka::bootstrap(kc, cluster.as_ref()));
+            embedded.extend(cluster);
+            kafka_conns.insert(
+                name.clone(),
+                KafkaConn {
+                    base,
+                    health: kafka::Health::new(name),
+                },
+            );
+        }
+        type ProducerKey = (String, String, u128);
+        let mut producers: HashMap<ProducerKey, rdkafka::producer::FutureProducer<kafka::Context>> =
+            HashMap::new();
+
         let signer = Signer::new(config.signing_key.expose().as_bytes());
         let base_url = format!("http://{}", loopback(addr));
-        let start = Instant::now();
         let n = config.probes.len().max(1) as u32;
         let inject_stop = CancellationToken::new();
         let catch_stop = CancellationToken::new();
@@ -127,16 +204,41 @@ impl Runtime {
                     .as_ref()
                     .map(|s| Signer::new(s.expose().as_bytes()))
                     .unwrap_or_else(|| signer.clone()),
-                Catch::Nats(_) => signer.clone(),
+                Catch::Nats(_) | Catch::Kafka(_) => signer.clone(),
             };
-            let probe = Arc::new(Probe::new(
-                pc.clone(),
-                run_id,
-                signer.clone(),
-                hook_signer,
-                start,
-            ));
+            let kafka_err = |source| StartError::Kafka {
+                probe: pc.name.clone(),
+                source,
+            };
             let injector = match &pc.inject {
+                Inject::Kafka(ki) => {
+                    let conn = &kafka_conns[&ki.connection];
+                    let key = (
+                        ki.connection.clone(),
+                        ki.acks.clone(),
+                        pc.publish_timeout.as_millis(),
+                    );
+                    let producer = match producers.get(&key) {
+                        Some(p) => p.clone(),
+                        None => {
+                            let p = kafka::producer(
+                                &conn.base,
+                                Arc::clone(&conn.health),
+                                &ki.acks,
+                                pc.publish_timeout,
+                            )
+                            .map_err(kafka_err)?;
+                            producers.insert(key, p.clone());
+                            p
+                        }
+                    };
+                    Injector::Kafka(kafka::KafkaInjector::new(
+                        producer,
+                        ki.topic.clone(),
+                        ki.headers.clone(),
+                        Arc::clone(&conn.health),
+                    ))
+                }
                 Inject::Nats(ni) => Injector::Nats(nats::NatsInjector::new(
                     clients[&ni.connection].clone(),
                     ni.subject.clone(),
@@ -152,7 +254,72 @@ impl Runtime {
                 }
             };
             let injector = Arc::new(injector);
-            let catch_client = match &pc.catch {
+            let partitions = match &pc.inject {
+                Inject::Kafka(KafkaInject {
+                    partitions: Some(Partitions::List(l)),
+                    ..
+                }) => Some(l.clone()),
+                Inject::Kafka(KafkaInject {
+                    partitions: Some(Partitions::All),
+                    ..
+                }) => match inject_partitions(&injector).await {
+                    Ok(ps) => Some(ps),
+                    Err(e) if opts.fail_fast => return Err(kafka_err(e)),
+                    Err(e) => {
+                        tracing::warn!(probe = %pc.name, error = %e, "Cannot read the inject topic's partitions yet; retrying.");
+                        Some(Vec::new())
+                    }
+                },
+                _ => None,
+            };
+            let probe = Arc::new(Probe::new(
+                pc.clone(),
+                run_id,
+                signer.clone(),
+                hook_signer,
+                partitions.as_deref(),
+            ));
+            if let Inject::Kafka(KafkaInject {
+                partitions: Some(Partitions::All),
+                ..
+            }) = &pc.inject
+            {
+                others.spawn(watch_partitions(
+                    Arc::clone(&probe),
+                    Arc::clone(&injector),
+                    catch_stop.clone(),
+                ));
+            }
+            let catch_link = match &pc.catch {
+                Catch::Kafka(kc) => {
+                    let conn = &kafka_conns[&kc.connection];
+                    let consumer = Arc::new(
+                        kafka::consumer(&conn.base, kc, &pc.name, run_id, Arc::clone(&conn.health))
+                            .map_err(kafka_err)?,
+                    );
+                    let state = kafka::CatchState::new(Arc::clone(&conn.health));
+                    let (c, t, st) = (Arc::clone(&consumer), kc.topic.clone(), Arc::clone(&state));
+                    let assigned =
+                        tokio::task::spawn_blocking(move || kafka::assign_new(&c, &t, &st))
+                            .await
+                            .unwrap_or(Ok(0));
+                    match assigned {
+                        Ok(_) => {}
+                        Err(e) if opts.fail_fast => return Err(kafka_err(e)),
+                        Err(e) => {
+                            tracing::warn!(probe = %pc.name, error = %e, "Cannot read the catch topic yet; retrying.")
+                        }
+                    }
+                    others.spawn(kafka::catch_loop(
+                        consumer,
+                        kc.topic.clone(),
+                        kc.commit,
+                        Arc::clone(&state),
+                        Arc::clone(&probe),
+                        catch_stop.clone(),
+                    ));
+                    CatchLink::Kafka(state)
+                }
                 Catch::Nats(nc) => {
                     let client = clients[&nc.connection].clone();
                     let sub = nats::subscribe(&client, &nc.subject, nc.queue_group.as_deref())
@@ -167,13 +334,13 @@ impl Runtime {
                         Arc::clone(&probe),
                         catch_stop.clone(),
                     ));
-                    Some(client)
+                    CatchLink::Nats(client)
                 }
-                Catch::Http(_) => None,
+                Catch::Http(_) => CatchLink::Webhook,
             };
             probe.set_links(Links {
                 injector: Arc::clone(&injector),
-                catch: catch_client,
+                catch: catch_link,
             });
             injectors.push(injector);
             probes.push(probe);
@@ -216,6 +383,11 @@ impl Runtime {
             server_stop,
             injects,
             others,
+            embedded,
+            kafka_health: kafka_conns
+                .values()
+                .map(|c| Arc::clone(&c.health))
+                .collect(),
         })
     }
 
@@ -244,15 +416,7 @@ impl Runtime {
         let give_up = Instant::now() + grace;
         loop {
             let now = Instant::now();
-            let in_flight: u64 = self
-                .probes
-                .iter()
-                .map(|p| {
-                    let mut l = p.ledger();
-                    l.expire(now);
-                    l.counts().in_flight
-                })
-                .sum();
+            let in_flight: u64 = self.probes.iter().map(|p| p.expire(now)).sum();
             if in_flight == 0 || now >= give_up {
                 return in_flight;
             }
@@ -261,7 +425,7 @@ impl Runtime {
             let next = self
                 .probes
                 .iter()
-                .filter_map(|p| p.ledger().next_expiry())
+                .filter_map(|p| p.next_expiry())
                 .min()
                 .unwrap_or(give_up)
                 .min(give_up)
@@ -283,6 +447,46 @@ impl Runtime {
         {
             tracing::warn!("Some tasks did not stop within 5s; exiting anyway.");
             self.others.abort_all();
+        }
+        for h in &self.kafka_health {
+            h.close();
+        }
+        // Clients are gone; the embedded clusters can stop.
+        let embedded = std::mem::take(&mut self.embedded);
+        let _ = tokio::task::spawn_blocking(move || drop(embedded)).await;
+    }
+}
+
+/// Reads the partitions of a Kafka injector's topic (blocking call, off the runtime).
+async fn inject_partitions(injector: &Arc<Injector>) -> Result<Vec<i32>, kafka::KafkaSetupError> {
+    let inj = Arc::clone(injector);
+    tokio::task::spawn_blocking(move || match inj.as_ref() {
+        Injector::Kafka(k) => k.partitions(),
+        _ => Ok(Vec::new()),
+    })
+    .await
+    .unwrap_or_else(|_| Ok(Vec::new()))
+}
+
+/// Adds a lane for every partition added to a Kafka probe's inject topic
+/// (per-partition mode with `partitions: all`), re-reading every few seconds.
+async fn watch_partitions(probe: Arc<Probe>, injector: Arc<Injector>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(kafka::REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(partitions) = inject_partitions(&injector).await else {
+            continue;
+        };
+        let known: Vec<u32> = probe.lanes().iter().map(|l| l.id).collect();
+        for p in partitions {
+            if !known.contains(&(p as u32)) {
+                tracing::info!(probe = %probe.name(), partition = p, "Sending canaries to a new partition.");
+                probe.add_lane(p as u32, Some(p), Instant::now());
+            }
         }
     }
 }

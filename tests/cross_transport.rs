@@ -74,7 +74,7 @@ async fn nats_in_webhook_out_and_http_in_nats_out() {
     rt.injection_done().await;
     assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
     for p in &rt.probes {
-        let c = p.ledger().counts();
+        let c = p.counts();
         assert_eq!(
             (c.sent, c.delivered, c.lost, c.publish_failed),
             (COUNT, COUNT, 0, 0),

@@ -27,6 +27,7 @@ async fn garbage_is_counted_never_delivered() {
         signer.encode(&Token {
             probe: probe.into(),
             run_id,
+            lane: 0,
             seq,
             sent_unix_us: 1,
         })
@@ -46,6 +47,7 @@ async fn garbage_is_counted_never_delivered() {
     let forged = Signer::new(b"not-the-key-at-all-000").encode(&Token {
         probe: "sink".into(),
         run_id: rt.run_id,
+        lane: 0,
         seq: 0,
         sent_unix_us: 1,
     });
@@ -79,12 +81,12 @@ async fn garbage_is_counted_never_delivered() {
         "all garbage to be classified",
         Duration::from_secs(10),
         || {
-            let c = sink.ledger().counts();
+            let c = sink.counts();
             c.unrelated + c.rejected + c.foreign == 16 && c.delivered == 1
         },
     )
     .await;
-    let c = sink.ledger().counts();
+    let c = sink.counts();
     assert_eq!((c.unrelated, c.rejected, c.foreign), (8, 3, 5), "{c:?}");
     assert_eq!(
         (c.delivered, c.duplicate, c.late),
@@ -144,7 +146,7 @@ async fn garbage_is_counted_never_delivered() {
             .status(),
         404
     );
-    let hook = rt.probes[1].ledger().counts();
+    let hook = rt.probes[1].counts();
     assert_eq!(
         (hook.rejected, hook.unrelated, hook.foreign, hook.delivered),
         (4, 1, 0, 0),

@@ -24,15 +24,15 @@ async fn lost_is_declared_at_the_deadline_not_the_next_tick() {
     wait_for(
         "the first canary to be sent",
         Duration::from_secs(5),
-        || probe.ledger().counts().sent == 1,
+        || probe.counts().sent == 1,
     )
     .await;
     // The next tick is 30 s away; the loss must be declared long before it.
     wait_for("the loss to be declared", Duration::from_secs(5), || {
-        probe.ledger().counts().lost == 1
+        probe.counts().lost == 1
     })
     .await;
-    let c = probe.ledger().counts();
+    let c = probe.counts();
     assert_eq!((c.sent, c.delivered, c.lost, c.in_flight), (1, 0, 1, 0));
     rt.shutdown().await;
 }

@@ -20,7 +20,7 @@ async fn survives_a_broker_outage_and_resumes() {
         .await
         .expect("start");
     let probe = rt.probes[0].clone();
-    let counts = || probe.ledger().counts();
+    let counts = || probe.counts();
 
     wait_for(
         "deliveries before the outage",

@@ -42,6 +42,51 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Connection {
     Nats(NatsConnection),
+    Kafka(KafkaConnection),
+}
+
+/// A Kafka client configuration (librdkafka underneath).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaConnection {
+    pub brokers: KafkaBrokers,
+    /// TLS to the brokers; `Some` with empty files means TLS with the system roots.
+    pub tls: Option<TlsConfig>,
+    pub sasl: Option<Sasl>,
+    /// Passed to librdkafka as is (after chirp's own settings, so they win).
+    /// Values are secret: they may hold passwords.
+    pub properties: Vec<(String, Secret)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum KafkaBrokers {
+    /// `host:port,host:port`.
+    List(String),
+    /// librdkafka's in-process mock cluster: a test cluster inside chirp, not a Kafka.
+    Embedded,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sasl {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaslMechanism {
+    Plain,
+    ScramSha256,
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -82,12 +127,44 @@ pub struct ProbeConfig {
 pub enum Inject {
     Nats(NatsInject),
     Http(HttpInject),
+    Kafka(KafkaInject),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaInject {
+    pub connection: String,
+    pub topic: String,
+    /// Per-partition mode: one canary per partition per interval.
+    pub partitions: Option<Partitions>,
+    /// `acks` (default `all`).
+    pub acks: String,
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Partitions {
+    /// Every partition of the topic, including ones added later.
+    All,
+    List(Vec<i32>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaCatch {
+    pub connection: String,
+    pub topic: String,
+    /// Consumer group id; default `chirp-<probe>-<run id>`, unique per run.
+    pub group_id: Option<String>,
+    /// Commit offsets of caught messages to `group_id` (default false: never commit).
+    pub commit: bool,
+    /// librdkafka `fetch.wait.max.ms` (default 5ms).
+    pub fetch_wait_max: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Catch {
     Nats(NatsCatch),
     Http(HttpCatch),
+    Kafka(KafkaCatch),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -164,6 +241,7 @@ impl Inject {
         match self {
             Inject::Nats(_) => "nats",
             Inject::Http(_) => "http",
+            Inject::Kafka(_) => "kafka",
         }
     }
 }
@@ -173,6 +251,7 @@ impl Catch {
         match self {
             Catch::Nats(_) => "nats",
             Catch::Http(_) => "http",
+            Catch::Kafka(_) => "kafka",
         }
     }
 }
@@ -445,9 +524,12 @@ fn read_connections(value: Option<&Value>, r: &mut Reader) -> BTreeMap<String, C
         };
         let path = child("connections", name);
         if let Some(conn) =
-            read_transport_choice(v, &path, &["nats"], r).and_then(|(kind, body, p)| match kind {
-                "nats" => read_nats_connection(body, &p, r).map(Connection::Nats),
-                _ => None,
+            read_transport_choice(v, &path, &["nats", "kafka"], r).and_then(|(kind, body, p)| {
+                match kind {
+                    "nats" => read_nats_connection(body, &p, r).map(Connection::Nats),
+                    "kafka" => probes::read_kafka_connection(body, &p, r).map(Connection::Kafka),
+                    _ => None,
+                }
             })
         {
             out.insert(name.to_owned(), conn);

@@ -161,14 +161,30 @@ fn read_probe(
     })
 }
 
-fn nats_connection_ref(
+/// The `connection` key: a defined connection of the transport `kind`.
+fn connection_ref(
     f: &Fields,
     connections: &BTreeMap<String, Connection>,
+    kind: &str,
     r: &mut Reader,
 ) -> Option<String> {
     let name = r.required_string(f, "connection")?;
     match connections.get(&name) {
-        Some(Connection::Nats(_)) => Some(name),
+        Some(Connection::Nats(_)) if kind == "nats" => Some(name),
+        Some(Connection::Kafka(_)) if kind == "kafka" => Some(name),
+        Some(other) => {
+            let is = match other {
+                Connection::Nats(_) => "nats",
+                Connection::Kafka(_) => "kafka",
+            };
+            r.error(
+                &f.path_of("connection"),
+                format!(
+                    "connection `{name}` is a {is} connection; this transport needs a {kind} one"
+                ),
+            );
+            None
+        }
         None => {
             let names: Vec<&str> = connections.keys().map(String::as_str).collect();
             let hint = match did_you_mean(&name, &names) {
@@ -214,11 +230,66 @@ fn read_inject(
     connections: &BTreeMap<String, Connection>,
     r: &mut Reader,
 ) -> Option<Inject> {
-    let (kind, body, p) = read_transport_choice(value, path, &["nats", "http"], r)?;
+    let (kind, body, p) = read_transport_choice(value, path, &["nats", "http", "kafka"], r)?;
     match kind {
+        "kafka" => {
+            let f = r.fields(
+                body,
+                &p,
+                &["connection", "topic", "partitions", "acks", "headers"],
+            );
+            let connection = connection_ref(&f, connections, "kafka", r);
+            let topic = kafka_topic(&f, r);
+            let partitions = match f.get("partitions") {
+                None => Some(None),
+                Some(Value::String(s)) if s == "all" => Some(Some(Partitions::All)),
+                Some(Value::Sequence(items)) if !items.is_empty() => {
+                    let list: Option<Vec<i32>> = items
+                        .iter()
+                        .map(|v| v.as_u64().and_then(|n| i32::try_from(n).ok()))
+                        .collect();
+                    match list {
+                        Some(mut l) => {
+                            l.sort_unstable();
+                            l.dedup();
+                            Some(Some(Partitions::List(l)))
+                        }
+                        None => {
+                            r.error(
+                                &f.path_of("partitions"),
+                                "partition numbers are whole numbers from 0",
+                            );
+                            None
+                        }
+                    }
+                }
+                Some(_) => {
+                    r.error(
+                        &f.path_of("partitions"),
+                        "expected `all` or a list of partition numbers, e.g. `[0, 1, 2]`",
+                    );
+                    None
+                }
+            };
+            let acks = r.string(&f, "acks").unwrap_or_else(|| "all".into());
+            if !matches!(acks.as_str(), "all" | "-1" | "0" | "1") {
+                r.error(
+                    &f.path_of("acks"),
+                    format!("`{acks}` is not one of all, 1, 0"),
+                );
+            }
+            let headers = r.string_map(&f, "headers");
+            Some(Inject::Kafka(KafkaInject {
+                connection: connection?,
+                topic: topic?,
+                partitions: partitions?,
+                acks,
+                headers,
+            }))
+        }
         "nats" => {
             let f = r.fields(body, &p, &["connection", "subject", "headers"]);
-            let connection = nats_connection_ref(&f, connections, r);
+            let connection = connection_ref(&f, connections, "nats", r);
             let subject = nats_subject(&f, false, r);
             let headers = r.string_map(&f, "headers");
             Some(Inject::Nats(NatsInject {
@@ -298,11 +369,44 @@ fn read_catch(
     connections: &BTreeMap<String, Connection>,
     r: &mut Reader,
 ) -> Option<Catch> {
-    let (kind, body, p) = read_transport_choice(value, path, &["nats", "http"], r)?;
+    let (kind, body, p) = read_transport_choice(value, path, &["nats", "http", "kafka"], r)?;
     match kind {
+        "kafka" => {
+            let f = r.fields(
+                body,
+                &p,
+                &[
+                    "connection",
+                    "topic",
+                    "group_id",
+                    "commit",
+                    "fetch_wait_max",
+                ],
+            );
+            let connection = connection_ref(&f, connections, "kafka", r);
+            let topic = kafka_topic(&f, r);
+            let group_id = r.string(&f, "group_id");
+            let commit = r.bool(&f, "commit").unwrap_or(false);
+            if commit && group_id.is_none() {
+                r.error(
+                    &f.path_of("commit"),
+                    "committing offsets needs an explicit `group_id`",
+                );
+            }
+            let fetch_wait_max = r
+                .duration(&f, "fetch_wait_max")
+                .unwrap_or(Duration::from_millis(5));
+            Some(Catch::Kafka(KafkaCatch {
+                connection: connection?,
+                topic: topic?,
+                group_id,
+                commit,
+                fetch_wait_max,
+            }))
+        }
         "nats" => {
             let f = r.fields(body, &p, &["connection", "subject", "queue_group"]);
-            let connection = nats_connection_ref(&f, connections, r);
+            let connection = connection_ref(&f, connections, "nats", r);
             let subject = nats_subject(&f, true, r);
             let queue_group = r.string(&f, "queue_group");
             Some(Catch::Nats(NatsCatch {
@@ -435,4 +539,106 @@ fn check_slo(slo: &Slo, deadline: Duration, path: &str, r: &mut Reader) {
             ),
         );
     }
+}
+
+fn kafka_topic(f: &Fields, r: &mut Reader) -> Option<String> {
+    let t = r.required_string(f, "topic")?;
+    let ok = !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !ok {
+        r.error(
+            &f.path_of("topic"),
+            format!("`{t}` is not a valid Kafka topic name (letters, digits, `.`, `_`, `-`; at most 249)"),
+        );
+        return None;
+    }
+    Some(t)
+}
+
+pub(crate) fn read_kafka_connection(
+    value: &Value,
+    path: &str,
+    r: &mut Reader,
+) -> Option<KafkaConnection> {
+    let f = r.fields(value, path, &["brokers", "tls", "sasl", "properties"]);
+    let brokers = r.required_string(&f, "brokers").map(|b| {
+        if b.trim() == "embedded" {
+            KafkaBrokers::Embedded
+        } else {
+            KafkaBrokers::List(b)
+        }
+    });
+    let tls = match f.get("tls") {
+        None => None,
+        Some(Value::Bool(false)) => None,
+        Some(Value::Bool(true)) => Some(TlsConfig::default()),
+        Some(t) => {
+            let tf = r.fields(t, &f.path_of("tls"), &["ca_file", "cert_file", "key_file"]);
+            let tls = TlsConfig {
+                ca_file: r.string(&tf, "ca_file"),
+                cert_file: r.string(&tf, "cert_file"),
+                key_file: r.string(&tf, "key_file"),
+            };
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                r.error(&tf.path, "`cert_file` and `key_file` go together");
+            }
+            Some(tls)
+        }
+    };
+    let sasl = f.get("sasl").and_then(|s| {
+        let sf = r.fields(
+            s,
+            &f.path_of("sasl"),
+            &["mechanism", "username", "password"],
+        );
+        let mechanism = match r
+            .required_string(&sf, "mechanism")?
+            .to_ascii_uppercase()
+            .as_str()
+        {
+            "PLAIN" => Some(SaslMechanism::Plain),
+            "SCRAM-SHA-256" => Some(SaslMechanism::ScramSha256),
+            "SCRAM-SHA-512" => Some(SaslMechanism::ScramSha512),
+            other => {
+                r.error(
+                    &sf.path_of("mechanism"),
+                    format!(
+                        "`{other}` is not supported; use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+                    ),
+                );
+                None
+            }
+        };
+        let username = r.required_string(&sf, "username");
+        let password = r.secret(&sf, "password");
+        if !sf.has("password") {
+            r.error(&sf.path_of("password"), "is required");
+        }
+        Some(Sasl {
+            mechanism: mechanism?,
+            username: username?,
+            password: password?,
+        })
+    });
+    let properties = r
+        .string_map(&f, "properties")
+        .into_iter()
+        .map(|(k, v)| (k, Secret::new(v)))
+        .collect();
+    if matches!(brokers, Some(KafkaBrokers::Embedded)) && (tls.is_some() || sasl.is_some()) {
+        r.error(
+            path,
+            "the embedded test cluster takes neither `tls` nor `sasl`",
+        );
+    }
+    Some(KafkaConnection {
+        brokers: brokers?,
+        tls,
+        sasl,
+        properties,
+    })
 }

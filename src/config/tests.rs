@@ -143,7 +143,7 @@ probes:
   - name: a
     deadline: 1s
     inject: {natz: {}}
-    catch: {kafka: {}}
+    catch: {amqp: {}}
     slo:
       latency: {threshold: 2s, objective: 100%}
       slice: 7m
@@ -155,7 +155,7 @@ probes:
         "{joined}"
     );
     assert!(
-        joined.contains("probes[0].catch.kafka: transport `kafka` is not supported"),
+        joined.contains("probes[0].catch.amqp: transport `amqp` is not supported"),
         "{joined}"
     );
     assert!(

@@ -87,6 +87,24 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// Adds `other` into `self` (lanes into a probe total).
+    pub fn add(&mut self, other: &Counts) {
+        self.sent += other.sent;
+        self.delivered += other.delivered;
+        self.lost += other.lost;
+        self.publish_failed += other.publish_failed;
+        self.in_flight += other.in_flight;
+        self.duplicate += other.duplicate;
+        self.late += other.late;
+        self.reordered += other.reordered;
+        self.foreign += other.foreign;
+        self.rejected += other.rejected;
+        self.unrelated += other.unrelated;
+        for (a, b) in self.failed_by_kind.iter_mut().zip(other.failed_by_kind) {
+            *a += b;
+        }
+    }
+
     pub fn invariant_holds(&self) -> bool {
         self.sent == self.delivered + self.lost + self.publish_failed + self.in_flight
     }
@@ -361,6 +379,33 @@ impl Ledger {
                 cumulative: self.lag.cumulative(),
             },
         }
+    }
+}
+
+/// One snapshot over several ledgers (a probe's lanes), all locked by the caller.
+pub fn aggregate(ledgers: &mut [std::sync::MutexGuard<'_, Ledger>], now: Instant) -> Snapshot {
+    if let [only] = ledgers {
+        return only.snapshot(now);
+    }
+    let mut counts = Counts::default();
+    let h = crate::stats::histogram;
+    // (window, cumulative) for end-to-end, publish and lag.
+    let mut m = [(h(), h()), (h(), h()), (h(), h())];
+    for l in ledgers.iter_mut() {
+        counts.add(&l.counts);
+        l.e2e.add_to(now, &mut m[0].0, &mut m[0].1);
+        l.publish.add_to(now, &mut m[1].0, &mut m[1].1);
+        l.lag.add_to(now, &mut m[2].0, &mut m[2].1);
+    }
+    let latencies = |i: usize| Latencies {
+        window: Summary::of(&m[i].0),
+        cumulative: Summary::of(&m[i].1),
+    };
+    Snapshot {
+        counts,
+        latency: latencies(0),
+        publish_latency: latencies(1),
+        schedule_lag: latencies(2),
     }
 }
 

@@ -9,7 +9,7 @@ use crate::canary::{self, Signer, Token, TokenError};
 use crate::config::ProbeConfig;
 use crate::transport::{Ack, Injector, Outgoing};
 use ledger::{Arrival, FailureKind, Ledger, Snapshot, Stray};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +40,29 @@ impl Verdict {
     }
 }
 
-/// One probe's identity, keys and ledger, shared by its inject loop, its
+/// One sequence of canaries with its own ledger: the whole probe, or one
+/// Kafka partition in per-partition mode.
+#[derive(Debug)]
+pub struct Lane {
+    /// The lane number carried in tokens (the partition, in per-partition mode).
+    pub id: u32,
+    /// The Kafka partition canaries of this lane are produced to.
+    pub partition: Option<i32>,
+    ledger: Mutex<Ledger>,
+}
+
+impl Lane {
+    /// The ledger, locked. Critical sections are short and never await.
+    pub fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        // A panic while holding the lock would be a bug in the ledger; the
+        // counts stay consistent (every update is a few integer adds), so keep serving.
+        self.ledger
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One probe's identity, keys and lanes, shared by its inject loop, its
 /// catch side and the exporters.
 #[derive(Debug)]
 pub struct Probe {
@@ -49,7 +71,10 @@ pub struct Probe {
     signer: Signer,
     /// Verifies webhook signatures at `/hooks/{probe}` (the catch's own secret, else the signing key).
     pub hook_signer: Signer,
-    ledger: Mutex<Ledger>,
+    /// Kafka per-partition mode: one lane per partition, exported with a `partition` label.
+    pub per_partition: bool,
+    /// Lanes in id order; partitions added to a topic add lanes.
+    lanes: RwLock<Vec<Arc<Lane>>>,
     /// The clients this probe depends on, set once when the runtime connects them.
     links: OnceLock<Links>,
     /// True once the catch side is confirmed listening and the schedule has started.
@@ -59,7 +84,15 @@ pub struct Probe {
 /// The clients a probe depends on, for readiness.
 pub struct Links {
     pub injector: Arc<Injector>,
-    pub catch: Option<async_nats::Client>,
+    pub catch: CatchLink,
+}
+
+/// The catch side's client, for readiness.
+pub enum CatchLink {
+    /// chirp's own webhook receiver.
+    Webhook,
+    Nats(async_nats::Client),
+    Kafka(Arc<crate::transport::kafka::CatchState>),
 }
 
 impl std::fmt::Debug for Links {
@@ -69,25 +102,75 @@ impl std::fmt::Debug for Links {
 }
 
 impl Probe {
-    /// A probe whose schedule starts at `start`.
+    /// A probe with one lane, or one lane per partition in `partitions`
+    /// (per-partition mode). Schedules start when the inject loop starts.
     pub fn new(
         config: ProbeConfig,
         run_id: u64,
         signer: Signer,
         hook_signer: Signer,
-        start: Instant,
+        partitions: Option<&[i32]>,
     ) -> Self {
-        let thresholds: Vec<Duration> = config.slo.latency.iter().map(|l| l.threshold).collect();
-        let ledger = Ledger::new(start, config.interval, config.deadline, &thresholds);
-        Probe {
+        let probe = Probe {
             config,
             run_id,
             signer,
             hook_signer,
-            ledger: Mutex::new(ledger),
+            per_partition: partitions.is_some(),
+            lanes: RwLock::new(Vec::new()),
             links: OnceLock::new(),
             ready: tokio::sync::watch::Sender::new(false),
+        };
+        match partitions {
+            None => probe.add_lane(0, None, Instant::now()),
+            Some(ps) => {
+                for p in ps {
+                    probe.add_lane(*p as u32, Some(*p), Instant::now());
+                }
+            }
         }
+        probe
+    }
+
+    /// Adds a lane whose schedule starts at `start` (a partition added to the topic).
+    pub fn add_lane(&self, id: u32, partition: Option<i32>, start: Instant) {
+        let thresholds: Vec<Duration> = self
+            .config
+            .slo
+            .latency
+            .iter()
+            .map(|l| l.threshold)
+            .collect();
+        let ledger = Ledger::new(
+            start,
+            self.config.interval,
+            self.config.deadline,
+            &thresholds,
+        );
+        let lane = Arc::new(Lane {
+            id,
+            partition,
+            ledger: Mutex::new(ledger),
+        });
+        let mut lanes = self.lanes.write().unwrap_or_else(|p| p.into_inner());
+        if lanes.iter().all(|l| l.id != id) {
+            lanes.push(lane);
+            lanes.sort_by_key(|l| l.id);
+        }
+    }
+
+    /// The lanes, in id order.
+    pub fn lanes(&self) -> Vec<Arc<Lane>> {
+        self.lanes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn lane(&self, id: u32) -> Option<Arc<Lane>> {
+        self.lanes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|l| l.id == id)
+            .cloned()
     }
 
     /// Waits until the probe's catch side listens and its schedule has started.
@@ -99,8 +182,15 @@ impl Probe {
     /// acknowledged by the server), so the first canaries cannot be missed by
     /// a subscription still on its way. Returns false if stopped first.
     async fn wait_catch_ready(&self, stop: &CancellationToken) -> bool {
-        let Some(client) = self.links.get().and_then(|l| l.catch.clone()) else {
-            return true;
+        let client = match self.links.get().map(|l| &l.catch) {
+            Some(CatchLink::Nats(c)) => c.clone(),
+            Some(CatchLink::Kafka(state)) => {
+                return tokio::select! {
+                    _ = stop.cancelled() => false,
+                    _ = state.assigned() => true,
+                };
+            }
+            Some(CatchLink::Webhook) | None => return true,
         };
         loop {
             if crate::transport::nats::is_connected(&client)
@@ -126,9 +216,11 @@ impl Probe {
     pub fn is_up(&self) -> bool {
         self.links.get().is_some_and(|l| {
             l.injector.is_connected()
-                && l.catch
-                    .as_ref()
-                    .is_none_or(crate::transport::nats::is_connected)
+                && match &l.catch {
+                    CatchLink::Webhook => true,
+                    CatchLink::Nats(c) => crate::transport::nats::is_connected(c),
+                    CatchLink::Kafka(state) => state.is_up(),
+                }
         })
     }
 
@@ -136,17 +228,47 @@ impl Probe {
         &self.config.name
     }
 
-    /// The ledger, locked. Critical sections are short and never await.
-    pub fn ledger(&self) -> MutexGuard<'_, Ledger> {
-        // A panic while holding the lock would be a bug in the ledger; the
-        // counts are still consistent (every update is a few integer adds), so keep serving.
-        self.ledger
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Counts summed over all lanes.
+    pub fn counts(&self) -> ledger::Counts {
+        let mut total = ledger::Counts::default();
+        for lane in self.lanes() {
+            total.add(&lane.ledger().counts());
+        }
+        total
     }
 
+    /// One consistent view over all lanes (every lane locked at once).
     pub fn snapshot(&self, now: Instant) -> Snapshot {
-        self.ledger().snapshot(now)
+        let lanes = self.lanes();
+        let mut guards: Vec<MutexGuard<'_, Ledger>> = lanes.iter().map(|l| l.ledger()).collect();
+        ledger::aggregate(&mut guards, now)
+    }
+
+    /// Records a message at the sink that is not one of our canaries (on lane 0's books).
+    pub fn stray(&self, kind: Stray) {
+        if let Some(lane) = self.lanes().first() {
+            lane.ledger().stray(kind);
+        }
+    }
+
+    /// Declares lost every expired canary on every lane; returns the number in flight after.
+    pub fn expire(&self, now: Instant) -> u64 {
+        self.lanes()
+            .iter()
+            .map(|l| {
+                let mut g = l.ledger();
+                g.expire(now);
+                g.counts().in_flight
+            })
+            .sum()
+    }
+
+    /// The earliest deadline among canaries in flight.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.lanes()
+            .iter()
+            .filter_map(|l| l.ledger().next_expiry())
+            .min()
     }
 
     /// Classifies one message caught at `now` and records it.
@@ -154,23 +276,29 @@ impl Probe {
     pub fn on_message(&self, header: Option<&str>, body: &[u8], now: Instant) -> Verdict {
         let Some(text) = canary::find(header, body, self.config.payload.token_pointer.as_deref())
         else {
-            self.ledger().stray(Stray::Unrelated);
+            self.stray(Stray::Unrelated);
             return Verdict::Stray(Stray::Unrelated);
         };
         match self.signer.decode(&text) {
             Err(TokenError::Malformed | TokenError::BadMac) => {
                 tracing::debug!(probe = %self.name(), "Rejected a message with an invalid canary token.");
-                self.ledger().stray(Stray::Rejected);
+                self.stray(Stray::Rejected);
                 Verdict::Stray(Stray::Rejected)
             }
             Ok(Token { probe, run_id, .. })
                 if run_id != self.run_id || probe != self.config.name =>
             {
-                self.ledger().stray(Stray::Foreign);
+                self.stray(Stray::Foreign);
                 Verdict::Stray(Stray::Foreign)
             }
             Ok(token) => {
-                let arrival = self.ledger().caught(token.seq, now);
+                let arrival = match self.lane(token.lane) {
+                    Some(lane) => lane.ledger().caught(token.seq, now),
+                    None => {
+                        self.stray(Stray::Rejected);
+                        Arrival::NeverSent
+                    }
+                };
                 match arrival {
                     Arrival::Delivered { .. } => {}
                     Arrival::NeverSent => {
@@ -186,8 +314,8 @@ impl Probe {
     }
 
     /// Once the catch side is ready, starts the schedule `phase` later and
-    /// sends canaries until `stop`, or until `limit` canaries were sent or
-    /// `duration` has passed. Also sweeps expired canaries.
+    /// sends canaries until `stop`, or until `limit` canaries were sent (per
+    /// lane) or `duration` has passed. Also sweeps expired canaries.
     pub async fn inject_loop(
         self: Arc<Self>,
         injector: Arc<Injector>,
@@ -200,77 +328,107 @@ impl Probe {
             return;
         }
         let start = Instant::now() + phase;
-        self.ledger().start_schedule(start);
+        for lane in self.lanes() {
+            lane.ledger().start_schedule(start);
+        }
         self.ready.send_replace(true);
         let until = duration.map(|d| start + d);
-        let timeout = self.config.publish_timeout;
-        let deadline = self.config.deadline;
+        let done = |seq: u64, intended: Instant| {
+            limit.is_some_and(|n| seq >= n) || until.is_some_and(|u| intended >= u)
+        };
         loop {
-            let ((seq, intended), expiry) = {
-                let mut l = self.ledger();
-                (l.next_slot(), l.next_expiry())
-            };
-            if limit.is_some_and(|n| seq >= n) || until.is_some_and(|u| intended >= u) {
-                break;
+            let lanes = self.lanes();
+            let mut next_slot: Option<Instant> = None;
+            let mut next_expiry: Option<Instant> = None;
+            for lane in &lanes {
+                let mut l = lane.ledger();
+                let (seq, intended) = l.next_slot();
+                if !done(seq, intended) {
+                    next_slot = Some(next_slot.map_or(intended, |n| n.min(intended)));
+                }
+                if let Some(e) = l.next_expiry() {
+                    next_expiry = Some(next_expiry.map_or(e, |n| n.min(e)));
+                }
             }
+            let Some(slot) = next_slot else { break };
             // Wake for the next slot, or earlier when a canary's deadline
             // passes, so `lost` is declared on time even with long intervals.
-            let wake_for_expiry = expiry.filter(|e| *e < intended);
+            let wake_for_expiry = next_expiry.filter(|e| *e < slot);
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep_until(wake_for_expiry.unwrap_or(intended)) => {}
-            }
-            if wake_for_expiry.is_some() {
-                self.ledger().expire(Instant::now());
-                continue;
+                _ = tokio::time::sleep_until(wake_for_expiry.unwrap_or(slot)) => {}
             }
             let now = Instant::now();
-            let seq = {
-                let mut l = self.ledger();
-                l.expire(now);
-                l.send(now)
-            };
-            if now.saturating_duration_since(intended) >= deadline {
-                // The producer stalled past this canary's whole deadline: it
-                // can no longer be delivered, so it is not sent at all.
-                self.ledger().publish_failed(seq, FailureKind::Timeout);
+            if wake_for_expiry.is_some() {
+                for lane in &lanes {
+                    lane.ledger().expire(now);
+                }
                 continue;
             }
-            let fields = Token {
-                probe: self.config.name.clone(),
-                run_id: self.run_id,
-                seq,
-                sent_unix_us: canary::unix_now_us(),
-            };
-            let token = self.signer.encode(&fields);
-            let body = canary::body(&token, &fields, self.config.payload.size);
-            let msg = Outgoing {
-                token,
-                body: body.into(),
-            };
-            let started = Instant::now();
-            match injector.send(msg, timeout).await {
-                Err(e) => {
-                    tracing::debug!(probe = %self.name(), seq, kind = e.kind.as_str(), error = %e, "Publish failed.");
-                    self.ledger().publish_failed(seq, e.kind);
+            // One canary per lane whose slot has come; a lane that fell behind
+            // catches up one slot per pass, so lanes stay interleaved.
+            for lane in &lanes {
+                let (seq, intended) = lane.ledger().next_slot();
+                if intended <= now && !done(seq, intended) {
+                    self.send_one(&injector, lane).await;
                 }
-                Ok(confirm) => {
-                    let probe = Arc::clone(&self);
-                    tokio::spawn(async move {
-                        match confirm.await {
-                            Ok(Ack::Confirmed) => {
-                                let now = Instant::now();
-                                probe.ledger().published(now - started, now);
-                            }
-                            Ok(Ack::Unconfirmed) => {}
-                            Err(e) => {
-                                tracing::debug!(probe = %probe.name(), seq, kind = e.kind.as_str(), error = %e, "Publish failed.");
-                                probe.ledger().publish_failed(seq, e.kind);
-                            }
+            }
+        }
+    }
+
+    /// Registers the lane's next canary as sent and hands it to the injector.
+    async fn send_one(self: &Arc<Self>, injector: &Arc<Injector>, lane: &Arc<Lane>) {
+        let now = Instant::now();
+        let (seq, intended) = {
+            let mut l = lane.ledger();
+            l.expire(now);
+            let (_, intended) = l.next_slot();
+            (l.send(now), intended)
+        };
+        if now.saturating_duration_since(intended) >= self.config.deadline {
+            // The producer stalled past this canary's whole deadline: it
+            // can no longer be delivered, so it is not sent at all.
+            lane.ledger().publish_failed(seq, FailureKind::Timeout);
+            return;
+        }
+        let fields = Token {
+            probe: self.config.name.clone(),
+            run_id: self.run_id,
+            lane: lane.id,
+            seq,
+            sent_unix_us: canary::unix_now_us(),
+        };
+        let token = self.signer.encode(&fields);
+        let body = canary::body(&token, &fields, self.config.payload.size);
+        let msg = Outgoing {
+            token,
+            body: body.into(),
+            partition: lane.partition,
+            key: self.config.name.clone(),
+        };
+        let started = Instant::now();
+        match injector.send(msg, self.config.publish_timeout).await {
+            Err(e) => {
+                tracing::debug!(probe = %self.name(), lane = lane.id, seq, kind = e.kind.as_str(), error = %e, "Publish failed.");
+                lane.ledger().publish_failed(seq, e.kind);
+            }
+            Ok(confirm) => {
+                let probe = Arc::clone(self);
+                let lane = Arc::clone(lane);
+                tokio::spawn(async move {
+                    match confirm.await {
+                        Ok(Ack::Confirmed) => {
+                            let now = Instant::now();
+                            lane.ledger().published(now - started, now);
                         }
-                    });
-                }
+                        Ok(Ack::Unconfirmed) => {}
+                        Err(e) => {
+                            tracing::debug!(probe = %probe.name(), lane = lane.id, seq, kind = e.kind.as_str(), error = %e, "Publish failed.");
+                            lane.ledger().publish_failed(seq, e.kind);
+                        }
+                    }
+                });
             }
         }
     }

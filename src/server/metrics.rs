@@ -110,36 +110,36 @@ fn quantiles<'a>(
 impl Collector for ProbeCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), Error> {
         let now = Instant::now();
-        let rows: Vec<Row> = self
-            .probes
-            .iter()
-            .map(|p| {
-                let (snap, e2e, publish, lag) = {
-                    let mut l = p.ledger();
-                    (
-                        l.snapshot(now),
-                        l.e2e.buckets(),
-                        l.publish.buckets(),
-                        l.lag.buckets(),
-                    )
+        let mut rows: Vec<Row> = Vec::new();
+        for p in &self.probes {
+            let labels = vec![
+                ("probe", p.name().to_owned()),
+                ("environment", self.environment.clone()),
+                ("inject", p.config.inject.system().to_owned()),
+                ("catch", p.config.catch.system().to_owned()),
+            ];
+            let up = p.is_up();
+            // Per-partition probes export one series per partition (sum them
+            // for the probe); others one series per probe.
+            for lane in p.lanes() {
+                let mut l = lane.ledger();
+                let labels = if p.per_partition {
+                    with(&labels, "partition", &lane.id.to_string())
+                } else {
+                    labels.clone()
                 };
-                Row {
-                    labels: vec![
-                        ("probe", p.name().to_owned()),
-                        ("environment", self.environment.clone()),
-                        ("inject", p.config.inject.system().to_owned()),
-                        ("catch", p.config.catch.system().to_owned()),
-                    ],
-                    snap,
-                    e2e,
-                    publish,
-                    lag,
-                    up: p.is_up(),
+                rows.push(Row {
+                    labels,
+                    snap: l.snapshot(now),
+                    e2e: l.e2e.buckets(),
+                    publish: l.publish.buckets(),
+                    lag: l.lag.buckets(),
+                    up,
                     interval: p.config.interval.as_secs_f64(),
                     deadline: p.config.deadline.as_secs_f64(),
-                }
-            })
-            .collect();
+                });
+            }
+        }
         let e = &mut enc;
         let c = |r: &Row| r.snap.counts;
         counter(

@@ -166,7 +166,7 @@ async fn hook(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if !probe.hook_signer.verify_signature(&body, signature) {
-        probe.ledger().stray(Stray::Rejected);
+        probe.stray(Stray::Rejected);
         return (
             StatusCode::UNAUTHORIZED,
             Json(serde_json::json!({"error": format!("missing or bad {} signature", catch.signature_header)})),

@@ -36,7 +36,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn of(h: &Histogram<u64>) -> Summary {
+    pub fn of(h: &Histogram<u64>) -> Summary {
         if h.is_empty() {
             return Summary::default();
         }
@@ -109,7 +109,8 @@ pub struct LatencyStats {
     sum_s: f64,
 }
 
-fn histogram() -> Histogram<u64> {
+/// An empty auto-resizing histogram with 3 significant figures.
+pub fn histogram() -> Histogram<u64> {
     // Auto-resizing: memory follows the largest value seen, never more than `max_us` needs.
     let mut h =
         Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures is valid"));
@@ -181,6 +182,28 @@ impl LatencyStats {
 
     pub fn cumulative(&self) -> Summary {
         Summary::of(&self.cumulative)
+    }
+
+    /// Adds this measure's window and cumulative counts into `window` and
+    /// `cumulative`, to summarise several lanes together.
+    pub fn add_to(
+        &mut self,
+        now: Instant,
+        window: &mut Histogram<u64>,
+        cumulative: &mut Histogram<u64>,
+    ) {
+        self.rotate(now);
+        if cumulative.add(&self.cumulative).is_err() {
+            // Only on count overflow; the summary then undercounts rather than fails.
+            tracing::debug!("Histogram merge overflowed.");
+        }
+        for slot in &self.window {
+            for (value, n) in slot {
+                if window.record_n(*value, *n).is_err() {
+                    window.saturating_record_n(*value, *n);
+                }
+            }
+        }
     }
 
     /// Percentiles over the last [`WINDOW`] (between 50 and 60 s, as slots age out).

@@ -4,6 +4,7 @@
 //! it sees to the probe. The set is closed, so it is an enum.
 
 pub mod http;
+pub mod kafka;
 pub mod nats;
 
 use crate::probe::ledger::FailureKind;
@@ -16,6 +17,10 @@ use std::time::Duration;
 pub struct Outgoing {
     pub token: String,
     pub body: Bytes,
+    /// The Kafka partition, in per-partition mode.
+    pub partition: Option<i32>,
+    /// The Kafka record key (the probe's name), so a probe's canaries share a partition.
+    pub key: String,
 }
 
 /// A publish the producer refused.
@@ -53,6 +58,7 @@ pub type Confirm = BoxFuture<'static, Result<Ack, PublishError>>;
 pub enum Injector {
     Nats(nats::NatsInjector),
     Http(http::HttpInjector),
+    Kafka(kafka::KafkaInjector),
 }
 
 impl Injector {
@@ -62,6 +68,7 @@ impl Injector {
         match self {
             Injector::Nats(n) => n.send(msg, timeout).await,
             Injector::Http(h) => Ok(h.send(msg, timeout)),
+            Injector::Kafka(k) => k.send(msg),
         }
     }
 
@@ -70,6 +77,7 @@ impl Injector {
         match self {
             Injector::Nats(n) => n.is_connected(),
             Injector::Http(_) => true,
+            Injector::Kafka(k) => k.is_connected(),
         }
     }
 }
