@@ -2,6 +2,8 @@
 //! which tests can kill and restart; and helpers to build configurations.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -117,6 +119,15 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A configuration with one Kafka connection `k` to `bootstrap` and the given probes YAML.
+pub fn kafka_config(bootstrap: &str, probes_yaml: &str) -> chirp::config::Config {
+    let text = format!(
+        "environment: test\nlisten: 127.0.0.1:0\nsigning_key: {KEY}\nconnections:\n  k:\n    kafka: {{brokers: \"{bootstrap}\"}}\nprobes:\n{probes_yaml}"
+    );
+    chirp::config::load_str(&text, &std::collections::HashMap::new())
+        .unwrap_or_else(|e| panic!("bad test config: {e:?}\n{text}"))
 }
 
 /// A configuration with one connection `main` to `nats_url` and the given probes YAML.
