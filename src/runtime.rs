@@ -232,8 +232,14 @@ impl Runtime {
                             p
                         }
                     };
+                    let recipe = kafka::ProducerRecipe {
+                        base: conn.base.clone(),
+                        acks: ki.acks.clone(),
+                        timeout: pc.publish_timeout,
+                    };
                     Injector::Kafka(kafka::KafkaInjector::new(
                         producer,
+                        recipe,
                         ki.topic.clone(),
                         ki.headers.clone(),
                         Arc::clone(&conn.health),

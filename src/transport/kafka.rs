@@ -238,29 +238,106 @@ pub fn producer(
         .map_err(KafkaSetupError::Client)
 }
 
+/// How to make (or remake) a probe's producer.
+#[derive(Clone)]
+pub struct ProducerRecipe {
+    pub base: ClientConfig,
+    pub acks: String,
+    pub timeout: Duration,
+}
+
+impl ProducerRecipe {
+    pub fn build(&self, health: &Arc<Health>) -> Result<FutureProducer<Context>, KafkaSetupError> {
+        producer(&self.base, Arc::clone(health), &self.acks, self.timeout)
+    }
+}
+
+/// Delivery timeouts in a row, while the brokers answer, after which the
+/// producer is considered stuck and remade.
+const STUCK_AFTER: u64 = 5;
+
 pub struct KafkaInjector {
-    producer: FutureProducer<Context>,
+    producer: std::sync::RwLock<FutureProducer<Context>>,
+    recipe: ProducerRecipe,
     topic: String,
     headers: Vec<(String, String)>,
     health: Arc<Health>,
+    /// Delivery timeouts since the last successful delivery.
+    timeouts: Arc<std::sync::atomic::AtomicU64>,
+    last_rebuild: Mutex<Instant>,
 }
 
 impl KafkaInjector {
     pub fn new(
         producer: FutureProducer<Context>,
+        recipe: ProducerRecipe,
         topic: String,
         headers: Vec<(String, String)>,
         health: Arc<Health>,
     ) -> Self {
         KafkaInjector {
-            producer,
+            producer: std::sync::RwLock::new(producer),
+            recipe,
             topic,
             headers,
             health,
+            timeouts: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            last_rebuild: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn current(&self) -> FutureProducer<Context> {
+        self.producer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Remakes the producer when it failed fatally, or when it keeps timing
+    /// out while the brokers answer: an idempotent producer can stay wedged
+    /// after its broker lost the producer state (a restart without storage),
+    /// and a new producer (a new producer id) is the way out.
+    fn heal(&self) {
+        let current = self.current();
+        let fatal = current.client().fatal_error();
+        let stuck = self.timeouts.load(Ordering::Relaxed) >= STUCK_AFTER && self.health.is_up();
+        if fatal.is_none() && !stuck {
+            return;
+        }
+        let mut last = self.last_rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        if last.elapsed() < (self.recipe.timeout * 2).max(Duration::from_secs(10)) {
+            return;
+        }
+        *last = Instant::now();
+        match self.recipe.build(&self.health) {
+            Ok(fresh) => {
+                match &fatal {
+                    Some((code, reason)) => {
+                        tracing::warn!(topic = %self.topic, error = ?code, reason = %reason, "The Kafka producer failed fatally; making a new one.")
+                    }
+                    None => {
+                        tracing::warn!(topic = %self.topic, "The Kafka producer keeps timing out while the brokers answer; making a new one.")
+                    }
+                }
+                let old = std::mem::replace(
+                    &mut *self.producer.write().unwrap_or_else(|p| p.into_inner()),
+                    fresh,
+                );
+                self.timeouts.store(0, Ordering::Relaxed);
+                // Dropping a producer purges its queue and may block briefly.
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn_blocking(move || drop(old));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, error = %e, "Cannot make a new Kafka producer.")
+            }
         }
     }
 
     pub fn send(&self, msg: Outgoing) -> Result<Confirm, PublishError> {
+        self.heal();
+        let producer = self.current();
         let mut headers = OwnedHeaders::new_with_capacity(self.headers.len() + 1);
         for (k, v) in &self.headers {
             headers = headers.insert(Header {
@@ -279,17 +356,25 @@ impl KafkaInjector {
         if let Some(p) = msg.partition {
             record = record.partition(p);
         }
-        match self.producer.send_result(record) {
+        match producer.send_result(record) {
             Err((e, _)) => Err(classify(&e)),
             Ok(delivery) => {
                 let health = Arc::clone(&self.health);
+                let timeouts = Arc::clone(&self.timeouts);
                 Ok(Box::pin(async move {
                     match delivery.await {
                         Ok(Ok(_)) => {
                             health.set(true);
+                            timeouts.store(0, Ordering::Relaxed);
                             Ok(Ack::Confirmed)
                         }
-                        Ok(Err((e, _))) => Err(classify(&e)),
+                        Ok(Err((e, _))) => {
+                            let failure = classify(&e);
+                            if failure.kind == FailureKind::Timeout {
+                                timeouts.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(failure)
+                        }
                         Err(_) => Err(PublishError::new(
                             FailureKind::Other,
                             "the producer was closed before the delivery report",
@@ -306,9 +391,28 @@ impl KafkaInjector {
 
     /// Reads the topic's partitions, marking the brokers up or down.
     pub fn partitions(&self) -> Result<Vec<i32>, KafkaSetupError> {
-        let r = partitions_of(self.producer.client(), &self.topic);
-        self.health.set(r.is_ok());
+        let r = partitions_of(self.current().client(), &self.topic);
+        self.health.set(brokers_answered(&r));
         r
+    }
+}
+
+/// Whether a metadata read reached the brokers (a missing topic is an
+/// answer; a failed request is not).
+fn brokers_answered(r: &Result<Vec<i32>, KafkaSetupError>) -> bool {
+    match r {
+        Ok(_) | Err(KafkaSetupError::NoTopic(_)) => true,
+        Err(KafkaSetupError::Metadata {
+            source: KafkaError::MetadataFetch(code),
+            ..
+        }) => matches!(
+            code,
+            RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::LeaderNotAvailable
+        ),
+        Err(_) => false,
     }
 }
 
@@ -451,16 +555,9 @@ pub fn assign_new(
     topic: &str,
     state: &CatchState,
 ) -> Result<usize, KafkaSetupError> {
-    let partitions = match partitions_of(consumer.client(), topic) {
-        Ok(p) => {
-            state.health.set(true);
-            p
-        }
-        Err(e) => {
-            state.health.set(false);
-            return Err(e);
-        }
-    };
+    let found = partitions_of(consumer.client(), topic);
+    state.health.set(brokers_answered(&found));
+    let partitions = found?;
     let first = !*state.assigned.borrow();
     let mut known = state.partitions.lock().unwrap_or_else(|p| p.into_inner());
     let mut tpl = TopicPartitionList::new();
