@@ -217,3 +217,79 @@ fn secret_values_are_not_quoted_in_errors() {
         "{joined}"
     );
 }
+
+#[test]
+fn kafka_connections_and_probes_are_read_and_checked() {
+    let text = r#"signing_key: ${KEY}
+connections:
+  k:
+    kafka:
+      brokers: b1:9092,b2:9092
+      sasl: {mechanism: scram-sha-512, username: chirp, password: kafka-pw-123}
+      tls: true
+      properties: {sasl.oauthbearer.config: "secret-ish"}
+  n:
+    nats: {url: "nats://127.0.0.1:4222"}
+probes:
+  - name: a
+    inject: {kafka: {connection: k, topic: orders.in, partitions: all}}
+    catch: {kafka: {connection: k, topic: orders.out}}
+  - name: b
+    inject: {kafka: {connection: k, topic: t, partitions: [2, 0, 2]}}
+    catch: {http: {}}
+"#;
+    let c = load_str(text, &env()).unwrap();
+    let Connection::Kafka(k) = &c.connections["k"] else {
+        panic!("kafka connection")
+    };
+    assert_eq!(k.brokers, KafkaBrokers::List("b1:9092,b2:9092".into()));
+    assert_eq!(
+        k.sasl.as_ref().unwrap().mechanism,
+        SaslMechanism::ScramSha512
+    );
+    assert!(k.tls.is_some());
+    let Inject::Kafka(a) = &c.probes[0].inject else {
+        panic!("kafka inject")
+    };
+    assert_eq!(
+        (a.partitions.clone(), a.acks.as_str()),
+        (Some(Partitions::All), "all")
+    );
+    let Catch::Kafka(ac) = &c.probes[0].catch else {
+        panic!("kafka catch")
+    };
+    assert_eq!(
+        (ac.commit, ac.fetch_wait_max),
+        (false, Duration::from_millis(5))
+    );
+    let Inject::Kafka(b) = &c.probes[1].inject else {
+        panic!("kafka inject")
+    };
+    assert_eq!(b.partitions, Some(Partitions::List(vec![0, 2])));
+    let dbg = format!("{c:?}");
+    assert!(
+        !dbg.contains("kafka-pw-123") && !dbg.contains("secret-ish"),
+        "{dbg}"
+    );
+
+    let bad = r#"signing_key: ${KEY}
+connections:
+  k: {kafka: {brokers: b:9092, sasl: {mechanism: GSSAPI, username: u}}}
+  n: {nats: {url: "nats://x:4222"}}
+probes:
+  - name: a
+    inject: {kafka: {connection: n, topic: "bad topic", partitions: some}}
+    catch: {kafka: {connection: k, topic: t, commit: true}}
+"#;
+    let joined = errors(bad).join("\n");
+    for expected in [
+        "connections.k.kafka.sasl.mechanism: `GSSAPI` is not supported",
+        "connections.k.kafka.sasl.password: is required",
+        "probes[0].inject.kafka.connection: connection `n` is a nats connection; this transport needs a kafka one",
+        "probes[0].inject.kafka.topic: `bad topic` is not a valid Kafka topic name",
+        "probes[0].inject.kafka.partitions: expected `all` or a list of partition numbers",
+        "probes[0].catch.kafka.commit: committing offsets needs an explicit `group_id`",
+    ] {
+        assert!(joined.contains(expected), "missing {expected:?} in\n{joined}");
+    }
+}
