@@ -81,7 +81,7 @@ fn validate_accepts_the_shipped_configuration() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 probe"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 probes"));
 }
 
 #[test]
@@ -212,8 +212,17 @@ fn run_with_the_shipped_config_serves_growing_counts_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let mut seen = Vec::new();
+    let kafka_delivered = |api: &str| -> u64 {
+        let json = api.split("\r\n\r\n").nth(1).unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(json)
+            .ok()
+            .and_then(|v| v["probes"][1]["counts"]["delivered"].as_u64())
+            .unwrap_or(0)
+    };
     let give_up = Instant::now() + Duration::from_secs(10);
-    while seen.len() < 2 && Instant::now() < give_up {
+    while (seen.len() < 2 || kafka_delivered(&get(port, "/api/probes").unwrap_or_default()) == 0)
+        && Instant::now() < give_up
+    {
         if let Some(d) = scrape(port).and_then(|t| metric(&t, "chirp_canaries_delivered_total")) {
             if seen.last().is_none_or(|last| d > *last) && d > 0 {
                 seen.push(d);
@@ -244,6 +253,16 @@ fn run_with_the_shipped_config_serves_growing_counts_and_stops_on_sigterm() {
     assert_eq!(v["probes"][0]["up"], true);
     assert!(
         v["probes"][0]["counts"]["delivered"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    // The embedded Kafka probe delivers too, on every partition.
+    assert_eq!(v["probes"][1]["name"], "kafka-selftest");
+    let partitions = v["probes"][1]["partitions"]
+        .as_array()
+        .expect("per-partition rows");
+    assert_eq!(partitions.len(), 3, "{v}");
+    assert!(
+        v["probes"][1]["counts"]["delivered"].as_u64().unwrap() > 0,
         "{v}"
     );
     let m = |name| metric(&text, name).unwrap_or_else(|| panic!("{name} missing: {text}"));

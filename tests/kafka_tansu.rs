@@ -194,3 +194,49 @@ async fn survives_a_tansu_restart_and_resumes() {
     );
     rt.shutdown().await;
 }
+
+/// tansu does not implement CreatePartitions, so partitions appearing at run
+/// time are exercised with a topic created after chirp started: its
+/// partitions are found by the periodic metadata read on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_that_appear_after_start_get_their_own_canaries() {
+    let tansu = Tansu::start();
+    let config = kafka_config(
+        &tansu.bootstrap(),
+        "  - name: late\n    interval: 50ms\n    deadline: 3s\n    inject: {kafka: {connection: k, topic: late, partitions: all}}\n    catch: {kafka: {connection: k, topic: late}}\n",
+    );
+    let mut rt = chirp::runtime::Runtime::start(&config, Default::default())
+        .await
+        .expect("start");
+    let probe = rt.probes[0].clone();
+    assert!(probe.lanes().is_empty(), "the topic does not exist yet");
+    create_topics(&tansu.bootstrap(), &[("late", PARTITIONS)]).await;
+    // Picked up by the next metadata reads (every 10 s).
+    wait_for("a lane per partition", Duration::from_secs(30), || {
+        probe.lanes().len() == PARTITIONS as usize
+    })
+    .await;
+    wait_for(
+        "deliveries on every partition",
+        Duration::from_secs(30),
+        || {
+            probe
+                .lanes()
+                .iter()
+                .all(|l| l.ledger().counts().delivered >= 10)
+        },
+    )
+    .await;
+    rt.drain(Duration::from_secs(5)).await;
+    for lane in probe.lanes() {
+        let c = lane.ledger().counts();
+        assert!(c.invariant_holds(), "{c:?}");
+        assert_eq!(
+            (c.in_flight, c.lost, c.publish_failed),
+            (0, 0, 0),
+            "partition {}: {c:?}",
+            lane.id
+        );
+    }
+    rt.shutdown().await;
+}

@@ -350,6 +350,14 @@ impl Probe {
                     next_expiry = Some(next_expiry.map_or(e, |n| n.min(e)));
                 }
             }
+            if lanes.is_empty() {
+                // Per-partition mode before the topic's partitions are known:
+                // lanes appear when they are read.
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                }
+            }
             let Some(slot) = next_slot else { break };
             // Wake for the next slot, or earlier when a canary's deadline
             // passes, so `lost` is declared on time even with long intervals.
