@@ -9,5 +9,6 @@ pub mod probe;
 pub mod report;
 pub mod runtime;
 pub mod server;
+pub mod slo;
 pub mod stats;
 pub mod transport;

@@ -92,6 +92,8 @@ struct CheckArgs {
 enum Format {
     Text,
     Json,
+    /// JUnit XML: one test case per probe objective.
+    Junit,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -316,6 +318,7 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let passed = evaluated.iter().all(|(_, o)| o.iter().all(|x| x.met));
     let text = match args.format {
         Format::Text => check_text(&evaluated, started.elapsed()),
+        Format::Junit => report::junit(&evaluated, started.elapsed().as_secs_f64()),
         Format::Json => {
             let probes: Vec<serde_json::Value> = evaluated
                 .iter()
@@ -356,21 +359,33 @@ fn check_text(evaluated: &[(ProbeReport, Vec<report::Objective>)], elapsed: Dura
     out.push('\n');
     for (r, objectives) in evaluated {
         for o in objectives {
-            let (measured, target) = match o.unit {
-                "seconds" => (
-                    report::human_seconds(o.measured),
-                    report::human_seconds(o.target),
-                ),
-                _ => (format!("{:.3}%", o.measured), format!("{}%", o.target)),
+            let bound = if o.unit == "seconds" || o.name == "max_loss" {
+                "at most"
+            } else {
+                "at least"
             };
             out.push_str(&format!(
-                "{} {}: {} measured {} (limit {})\n",
+                "{} {}: {} measured {} (objective {bound} {}): {}\n",
                 if o.met { "PASS" } else { "FAIL" },
                 r.name,
                 o.name,
-                measured,
-                target
+                report::format_value(o, o.measured),
+                report::format_value(o, o.target),
+                report::describe(r, o),
             ));
+        }
+        if let Some(slo) = &r.slo {
+            let t = &slo.totals;
+            if t.slices_good + t.slices_bad > 1 {
+                out.push_str(&format!(
+                    "     {}: {} of {} time slices of {}s good ({} without data)\n",
+                    r.name,
+                    t.slices_good,
+                    t.slices_good + t.slices_bad,
+                    slo.slice_seconds,
+                    t.slices_no_data
+                ));
+            }
         }
     }
     out.push_str(&format!("checked in {:.1}s\n", elapsed.as_secs_f64()));

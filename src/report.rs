@@ -26,6 +26,11 @@ pub struct ProbeReport {
     pub latency: Latencies,
     pub publish_latency: Latencies,
     pub schedule_lag: Latencies,
+    /// SLO state, when the probe has objectives.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slo: Option<crate::slo::SloState>,
+    #[serde(skip)]
+    pub slo_threshold: Option<f64>,
     /// Per-partition rows, in per-partition mode (Kafka `partitions:`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<PartitionReport>,
@@ -58,6 +63,8 @@ impl ProbeReport {
             latency: snap.latency,
             publish_latency: snap.publish_latency,
             schedule_lag: snap.schedule_lag,
+            slo: p.slo_state(now),
+            slo_threshold: p.config.slo.latency.map(|l| l.threshold.as_secs_f64()),
             partitions: if p.per_partition {
                 p.lanes()
                     .iter()
@@ -224,6 +231,34 @@ pub fn evaluate(r: &ProbeReport, gates: &Gates) -> Vec<Objective> {
             met: c.sent > 0 && loss <= max,
         });
     }
+    if let Some(slo) = &r.slo {
+        // Each configured objective, over every canary the run resolved.
+        let t = &slo.totals;
+        for sli in &slo.slis {
+            let good = if sli.sli == "latency" {
+                t.latency_good
+            } else {
+                t.delivery_good
+            };
+            let measured = if t.events == 0 {
+                0.0
+            } else {
+                good as f64 * 100.0 / t.events as f64
+            };
+            let target = sli.objective * 100.0;
+            out.push(Objective {
+                name: if sli.sli == "latency" {
+                    "latency_slo"
+                } else {
+                    "delivery_slo"
+                },
+                measured,
+                target,
+                unit: "percent",
+                met: t.events > 0 && good as f64 >= sli.objective * t.events as f64 - 1e-9,
+            });
+        }
+    }
     if let Some(max) = gates.max_p99 {
         let s = &r.latency.cumulative;
         let p99 = if s.count == 0 { f64::INFINITY } else { s.p99 };
@@ -235,6 +270,85 @@ pub fn evaluate(r: &ProbeReport, gates: &Gates) -> Vec<Objective> {
             met: s.count > 0 && p99 <= max.as_secs_f64(),
         });
     }
+    out
+}
+
+/// What an objective compares, for people: `latency_slo` → "delivered within 500ms".
+pub fn describe(r: &ProbeReport, o: &Objective) -> String {
+    match o.name {
+        "latency_slo" => format!(
+            "share of canaries delivered within {}",
+            r.slo_threshold
+                .map(human_seconds)
+                .unwrap_or_else(|| "the threshold".into())
+        ),
+        "delivery_slo" => "share of canaries delivered before the deadline".into(),
+        "max_loss" => "share of canaries lost or refused".into(),
+        "max_p99" => "end-to-end p99 latency".into(),
+        other => other.to_owned(),
+    }
+}
+
+/// "99.512%" or "12.3ms", for an objective's measured value or target.
+pub fn format_value(o: &Objective, v: f64) -> String {
+    match o.unit {
+        "seconds" if v.is_finite() => human_seconds(v),
+        "seconds" => "no data".into(),
+        _ => format!("{v:.3}%"),
+    }
+}
+
+/// A JUnit XML report: one test suite, one test case per probe objective.
+pub fn junit(evaluated: &[(ProbeReport, Vec<Objective>)], elapsed_s: f64) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let cases: usize = evaluated.iter().map(|(_, o)| o.len()).sum();
+    let failures: usize = evaluated
+        .iter()
+        .map(|(_, o)| o.iter().filter(|x| !x.met).count())
+        .sum();
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"chirp check\" tests=\"{cases}\" failures=\"{failures}\" time=\"{elapsed_s:.3}\">\n  <testsuite name=\"chirp check\" tests=\"{cases}\" failures=\"{failures}\" errors=\"0\" time=\"{elapsed_s:.3}\">\n"
+    );
+    for (r, objectives) in evaluated {
+        for o in objectives {
+            let (measured, target) = (format_value(o, o.measured), format_value(o, o.target));
+            let bound = if o.unit == "seconds" || o.name == "max_loss" {
+                "at most"
+            } else {
+                "at least"
+            };
+            out.push_str(&format!(
+                "    <testcase classname=\"chirp.{}\" name=\"{}\" time=\"0\">\n",
+                esc(&r.name),
+                esc(o.name)
+            ));
+            let text = format!(
+                "{}: {}: measured {measured}, objective {bound} {target} ({} canaries sent)",
+                r.name,
+                describe(r, o),
+                r.counts.sent
+            );
+            if o.met {
+                out.push_str(&format!("      <system-out>{}</system-out>\n", esc(&text)));
+            } else {
+                out.push_str(&format!(
+                    "      <failure message=\"{}\" type=\"objective\">{}</failure>\n",
+                    esc(&format!(
+                        "{}: measured {measured}, objective {bound} {target}",
+                        o.name
+                    )),
+                    esc(&text)
+                ));
+            }
+            out.push_str("    </testcase>\n");
+        }
+    }
+    out.push_str("  </testsuite>\n</testsuites>\n");
     out
 }
 

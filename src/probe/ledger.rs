@@ -4,8 +4,10 @@
 //! (duplicate, late, reordered, foreign, rejected, unrelated). Memory is a
 //! fixed ring of one byte per recent canary, whatever the uptime.
 
+use crate::slo::{Resolved, SloTracker};
 use crate::stats::{LatencyStats, Summary};
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -155,6 +157,8 @@ pub struct Ledger {
     pub e2e: LatencyStats,
     pub publish: LatencyStats,
     pub lag: LatencyStats,
+    /// The probe's SLO bookkeeping, told about every resolution.
+    slo: Option<Arc<Mutex<SloTracker>>>,
 }
 
 /// Memory of resolved canaries is kept for this many deadlines, so duplicates
@@ -192,6 +196,22 @@ impl Ledger {
             e2e: LatencyStats::new(deadline, thresholds, start),
             publish: LatencyStats::new(deadline, &[], start),
             lag: LatencyStats::new(deadline, &[], start),
+            slo: None,
+        }
+    }
+
+    /// Reports every resolution from now on to `slo` (shared by a probe's lanes).
+    pub fn set_slo(&mut self, slo: Arc<Mutex<SloTracker>>) {
+        self.slo = Some(slo);
+    }
+
+    /// Tells the SLO engine that `n` canaries resolved at `now`.
+    fn resolved(&self, now: Instant, outcome: Resolved, n: u64) {
+        if let (Some(slo), true) = (&self.slo, n > 0) {
+            let mut t = slo.lock().unwrap_or_else(|p| p.into_inner());
+            for _ in 0..n {
+                t.record(now, outcome);
+            }
         }
     }
 
@@ -231,6 +251,7 @@ impl Ledger {
             if self.states.pop_front() == Some(State::InFlight) {
                 self.counts.in_flight -= 1;
                 self.counts.lost += 1;
+                self.resolved(now, Resolved::Failed, 1);
             }
             self.base += 1;
             self.expire_cursor = self.expire_cursor.max(self.base);
@@ -261,6 +282,7 @@ impl Ledger {
                 self.counts.in_flight -= 1;
                 self.counts.publish_failed += 1;
                 self.counts.failed_by_kind[kind as usize] += 1;
+                self.resolved(Instant::now(), Resolved::Failed, 1);
                 true
             }
             _ => false,
@@ -289,6 +311,7 @@ impl Ledger {
                     self.counts.in_flight -= 1;
                     self.counts.lost += 1;
                     self.counts.late += 1;
+                    self.resolved(now, Resolved::Failed, 1);
                     return Arrival::Late;
                 }
                 *state = State::Delivered;
@@ -301,6 +324,7 @@ impl Ledger {
                     self.highest_delivered = Some(seq);
                 }
                 self.e2e.record(latency, now);
+                self.resolved(now, Resolved::Delivered(latency), 1);
                 Arrival::Delivered { latency, reordered }
             }
             State::Delivered => {
@@ -341,6 +365,7 @@ impl Ledger {
         }
         self.counts.in_flight -= lost;
         self.counts.lost += lost;
+        self.resolved(now, Resolved::Failed, lost);
         lost
     }
 

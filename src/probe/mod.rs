@@ -7,6 +7,7 @@ pub mod ledger;
 
 use crate::canary::{self, Signer, Token, TokenError};
 use crate::config::ProbeConfig;
+use crate::slo::SloTracker;
 use crate::transport::{Ack, Injector, Outgoing};
 use ledger::{Arrival, FailureKind, Ledger, Snapshot, Stray};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
@@ -75,6 +76,8 @@ pub struct Probe {
     pub per_partition: bool,
     /// Lanes in id order; partitions added to a topic add lanes.
     lanes: RwLock<Vec<Arc<Lane>>>,
+    /// SLO bookkeeping over all lanes, when the probe has objectives.
+    slo: Option<Arc<Mutex<SloTracker>>>,
     /// The clients this probe depends on, set once when the runtime connects them.
     links: OnceLock<Links>,
     /// True once the catch side is confirmed listening and the schedule has started.
@@ -111,16 +114,20 @@ impl Probe {
         hook_signer: Signer,
         partitions: Option<&[i32]>,
     ) -> Self {
-        let probe = Probe {
+        let slo = SloTracker::new(&config.slo, Instant::now(), std::time::SystemTime::now())
+            .map(|t| Arc::new(Mutex::new(t)));
+        let mut probe = Probe {
             config,
             run_id,
             signer,
             hook_signer,
             per_partition: partitions.is_some(),
             lanes: RwLock::new(Vec::new()),
+            slo: None,
             links: OnceLock::new(),
             ready: tokio::sync::watch::Sender::new(false),
         };
+        probe.slo = slo;
         match partitions {
             None => probe.add_lane(0, None, Instant::now()),
             Some(ps) => {
@@ -141,12 +148,15 @@ impl Probe {
             .iter()
             .map(|l| l.threshold)
             .collect();
-        let ledger = Ledger::new(
+        let mut ledger = Ledger::new(
             start,
             self.config.interval,
             self.config.deadline,
             &thresholds,
         );
+        if let Some(slo) = &self.slo {
+            ledger.set_slo(Arc::clone(slo));
+        }
         let lane = Arc::new(Lane {
             id,
             partition,
@@ -226,6 +236,13 @@ impl Probe {
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The SLO state, when the probe has objectives.
+    pub fn slo_state(&self, now: Instant) -> Option<crate::slo::SloState> {
+        self.slo
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).state(now))
     }
 
     /// Counts summed over all lanes.

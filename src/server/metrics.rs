@@ -111,6 +111,7 @@ impl Collector for ProbeCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), Error> {
         let now = Instant::now();
         let mut rows: Vec<Row> = Vec::new();
+        let mut slos: Vec<(Labels, crate::slo::SloState, Option<f64>)> = Vec::new();
         for p in &self.probes {
             let labels = vec![
                 ("probe", p.name().to_owned()),
@@ -119,6 +120,10 @@ impl Collector for ProbeCollector {
                 ("catch", p.config.catch.system().to_owned()),
             ];
             let up = p.is_up();
+            if let Some(state) = p.slo_state(now) {
+                let threshold = p.config.slo.latency.map(|l| l.threshold.as_secs_f64());
+                slos.push((labels.clone(), state, threshold));
+            }
             // Per-partition probes export one series per partition (sum them
             // for the probe); others one series per probe.
             for lane in p.lanes() {
@@ -263,8 +268,99 @@ impl Collector for ProbeCollector {
             "Configured deadline after which a canary is lost.",
             rows.iter().map(|r| (r.labels.clone(), r.deadline)),
         )?;
-        Ok(())
+        encode_slo(e, &slos)
     }
+}
+
+fn encode_slo(
+    e: &mut DescriptorEncoder,
+    slos: &[(Labels, crate::slo::SloState, Option<f64>)],
+) -> Result<(), Error> {
+    let per_sli = |f: fn(&crate::slo::SliState, &crate::slo::SloState) -> f64| {
+        slos.iter()
+            .flat_map(move |(l, s, _)| s.slis.iter().map(move |x| (with(l, "sli", x.sli), f(x, s))))
+    };
+    counter(
+        e,
+        "chirp_sli_events",
+        "Canaries resolved (delivered, lost or publish_failed), per SLI.",
+        per_sli(|_, s| s.totals.events as f64).map(|(l, v)| (l, v as u64)),
+    )?;
+    counter(
+        e,
+        "chirp_sli_good",
+        "Resolved canaries that were good for the SLI: delivered (delivery), delivered within the threshold (latency).",
+        per_sli(|x, s| match x.sli {
+            "latency" => s.totals.latency_good as f64,
+            _ => s.totals.delivery_good as f64,
+        })
+        .map(|(l, v)| (l, v as u64)),
+    )?;
+    counter(
+        e,
+        "chirp_slo_slices_good",
+        "Time slices in which every objective held.",
+        slos.iter()
+            .map(|(l, s, _)| (l.clone(), s.totals.slices_good)),
+    )?;
+    counter(
+        e,
+        "chirp_slo_slices",
+        "Time slices with data (good or bad); slices where nothing resolved are not counted.",
+        slos.iter()
+            .map(|(l, s, _)| (l.clone(), s.totals.slices_good + s.totals.slices_bad)),
+    )?;
+    counter(
+        e,
+        "chirp_slo_slices_no_data",
+        "Time slices in which no canary resolved.",
+        slos.iter()
+            .map(|(l, s, _)| (l.clone(), s.totals.slices_no_data)),
+    )?;
+    gauge(
+        e,
+        "chirp_slo_objective_ratio",
+        "The objective, as a ratio (0.999 for 99.9%).",
+        per_sli(|x, _| x.objective),
+    )?;
+    gauge(
+        e,
+        "chirp_slo_compliance_ratio",
+        "Good / resolved canaries over the SLO period, in this process (1 before any resolved).",
+        per_sli(|x, _| x.compliance),
+    )?;
+    gauge(
+        e,
+        "chirp_slo_error_budget_remaining_ratio",
+        "Share of the period's error budget left (negative when overspent).",
+        per_sli(|x, _| x.error_budget_remaining),
+    )?;
+    gauge(
+        e,
+        "chirp_slo_burn_rate",
+        "Bad share over the window divided by the allowed bad share (1 spends the budget exactly over the period).",
+        slos.iter().flat_map(|(l, s, _)| {
+            s.slis.iter().flat_map(move |x| {
+                x.burn_rates
+                    .iter()
+                    .map(move |(w, b)| (with(&with(l, "sli", x.sli), "window", w), *b))
+            })
+        }),
+    )?;
+    gauge(
+        e,
+        "chirp_slo_slice_compliance_ratio",
+        "Good slices / slices with data over the SLO period, in this process.",
+        slos.iter().map(|(l, s, _)| (l.clone(), s.slice_compliance)),
+    )?;
+    gauge(
+        e,
+        "chirp_slo_latency_threshold_seconds",
+        "The latency SLI's threshold (a bucket bound of chirp_latency_seconds).",
+        slos.iter()
+            .filter_map(|(l, _, t)| t.map(|t| (l.clone(), t))),
+    )?;
+    Ok(())
 }
 
 /// Writes the exposition text.

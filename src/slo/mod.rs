@@ -1,0 +1,284 @@
+//! The SLO engine: per probe, good and total canaries per SLI (latency,
+//! delivery), wall-clock aligned time slices (good when every objective holds
+//! inside the slice; no data when nothing resolved), error budget remaining
+//! over the period and burn rates over 5m…3d. Canaries count when they
+//! resolve, never while in flight. Memory is fixed: minute buckets for the
+//! last 6 hours and hour buckets for the period (about 15 KiB for 30 days).
+
+use crate::config::Slo;
+use serde::Serialize;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+
+/// Burn-rate windows, as exported in the `window` label.
+pub const BURN_WINDOWS: [(&str, u64); 6] = [
+    ("5m", 300),
+    ("30m", 1800),
+    ("1h", 3600),
+    ("6h", 21_600),
+    ("1d", 86_400),
+    ("3d", 259_200),
+];
+const MINUTES: usize = 360;
+
+/// How one canary resolved, for the SLIs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Resolved {
+    Delivered(Duration),
+    /// Lost or publish_failed: bad for every SLI.
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    /// Absolute minute or hour number + 1; 0 means empty.
+    index: u64,
+    latency_good: u32,
+    delivery_good: u32,
+    total: u32,
+    slices_good: u32,
+    slices_bad: u32,
+}
+
+/// Totals since start, for the `_total` counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub events: u64,
+    pub latency_good: u64,
+    pub delivery_good: u64,
+    pub slices_good: u64,
+    pub slices_bad: u64,
+    pub slices_no_data: u64,
+}
+
+/// One SLI's state.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SliState {
+    pub sli: &'static str,
+    /// Objective as a ratio (0.99 for 99%).
+    pub objective: f64,
+    /// Good / total over the period (1 when nothing resolved).
+    pub compliance: f64,
+    /// 1 - (bad share / allowed bad share) over the period; negative when overspent.
+    pub error_budget_remaining: f64,
+    /// (window, burn rate): bad share over the window / allowed bad share.
+    pub burn_rates: Vec<(&'static str, f64)>,
+}
+
+/// The SLO state of a probe at one moment.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SloState {
+    pub slis: Vec<SliState>,
+    pub totals: Totals,
+    /// Good slices / slices with data, over the period (1 when none).
+    pub slice_compliance: f64,
+    pub slice_seconds: u64,
+    pub period_seconds: u64,
+}
+
+/// Per-probe SLO bookkeeping.
+#[derive(Debug)]
+pub struct SloTracker {
+    threshold: Option<Duration>,
+    latency_objective: Option<f64>,
+    delivery_objective: Option<f64>,
+    slice_s: u64,
+    period_s: u64,
+    /// Wall-clock microseconds at `inst0`: slices align to wall-clock boundaries.
+    wall0_us: u64,
+    inst0: Instant,
+    minutes: Vec<Bucket>,
+    hours: Vec<Bucket>,
+    /// The slice being filled: its index and (latency good, delivery good, total).
+    slice: u64,
+    slice_acc: (u64, u64, u64),
+    totals: Totals,
+}
+
+/// 99.9 → 0.999, without the binary rounding residue of a plain division.
+pub fn percent_to_ratio(p: f64) -> f64 {
+    (p * 1e10).round() / 1e12
+}
+
+fn ratio(good: u64, total: u64) -> f64 {
+    if total == 0 {
+        1.0
+    } else {
+        good as f64 / total as f64
+    }
+}
+
+impl SloTracker {
+    /// A tracker for `slo`, or none when it has no objective. `wall_now` is
+    /// the wall clock at `now`.
+    pub fn new(slo: &Slo, now: Instant, wall_now: SystemTime) -> Option<SloTracker> {
+        if slo.latency.is_none() && slo.delivery.is_none() {
+            return None;
+        }
+        let wall0_us = wall_now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let slice_s = slo.slice.as_secs().max(1);
+        let period_s = slo.period.as_secs().max(slice_s);
+        let hours = period_s.div_ceil(3600) as usize;
+        let mut t = SloTracker {
+            threshold: slo.latency.map(|l| l.threshold),
+            latency_objective: slo.latency.map(|l| percent_to_ratio(l.objective)),
+            delivery_objective: slo.delivery.map(|d| percent_to_ratio(d.objective)),
+            slice_s,
+            period_s,
+            wall0_us,
+            inst0: now,
+            minutes: vec![Bucket::default(); MINUTES],
+            hours: vec![Bucket::default(); hours.max(1)],
+            slice: 0,
+            slice_acc: (0, 0, 0),
+            totals: Totals::default(),
+        };
+        t.slice = t.wall_s(now) / slice_s;
+        Some(t)
+    }
+
+    fn wall_s(&self, now: Instant) -> u64 {
+        (self.wall0_us + now.saturating_duration_since(self.inst0).as_micros() as u64) / 1_000_000
+    }
+
+    fn bucket(ring: &mut [Bucket], index: u64) -> &mut Bucket {
+        let len = ring.len() as u64;
+        let b = &mut ring[(index % len) as usize];
+        if b.index != index + 1 {
+            *b = Bucket {
+                index: index + 1,
+                ..Bucket::default()
+            };
+        }
+        b
+    }
+
+    /// Closes every slice that ended before `now`.
+    fn advance(&mut self, now: Instant) {
+        let wall = self.wall_s(now);
+        let current = wall / self.slice_s;
+        if current <= self.slice {
+            return;
+        }
+        let (lat_good, del_good, total) = std::mem::take(&mut self.slice_acc);
+        let end_hour = ((self.slice + 1) * self.slice_s - 1) / 3600;
+        if total == 0 {
+            self.totals.slices_no_data += 1;
+        } else {
+            let holds = |obj: Option<f64>, good: u64| {
+                obj.is_none_or(|o| good as f64 >= o * total as f64 - 1e-9)
+            };
+            let good =
+                holds(self.latency_objective, lat_good) && holds(self.delivery_objective, del_good);
+            let b = Self::bucket(&mut self.hours, end_hour);
+            if good {
+                b.slices_good += 1;
+                self.totals.slices_good += 1;
+            } else {
+                b.slices_bad += 1;
+                self.totals.slices_bad += 1;
+            }
+        }
+        // Slices in between saw nothing at all.
+        self.totals.slices_no_data += current - self.slice - 1;
+        self.slice = current;
+    }
+
+    /// Counts one canary that resolved at `now`.
+    pub fn record(&mut self, now: Instant, outcome: Resolved) {
+        self.advance(now);
+        let (lat, del) = match outcome {
+            Resolved::Delivered(latency) => (self.threshold.is_none_or(|t| latency <= t), true),
+            Resolved::Failed => (false, false),
+        };
+        let wall = self.wall_s(now);
+        for b in [
+            Self::bucket(&mut self.minutes, wall / 60),
+            Self::bucket(&mut self.hours, wall / 3600),
+        ] {
+            b.total = b.total.saturating_add(1);
+            b.latency_good = b.latency_good.saturating_add(lat as u32);
+            b.delivery_good = b.delivery_good.saturating_add(del as u32);
+        }
+        self.slice_acc.0 += lat as u64;
+        self.slice_acc.1 += del as u64;
+        self.slice_acc.2 += 1;
+        self.totals.events += 1;
+        self.totals.latency_good += lat as u64;
+        self.totals.delivery_good += del as u64;
+    }
+
+    /// Sums buckets of `ring` (of `unit` seconds) covering the last `window` seconds up to `wall`.
+    fn sum(ring: &[Bucket], unit: u64, wall: u64, window: u64) -> Bucket {
+        let cur = wall / unit;
+        let n = (window / unit).max(1);
+        let first = (cur + 1).saturating_sub(n);
+        let mut s = Bucket::default();
+        for b in ring
+            .iter()
+            .filter(|b| b.index > first && b.index <= cur + 1)
+        {
+            s.total += b.total;
+            s.latency_good += b.latency_good;
+            s.delivery_good += b.delivery_good;
+            s.slices_good += b.slices_good;
+            s.slices_bad += b.slices_bad;
+        }
+        s
+    }
+
+    pub fn state(&mut self, now: Instant) -> SloState {
+        self.advance(now);
+        let wall = self.wall_s(now);
+        let period = Self::sum(&self.hours, 3600, wall, self.period_s);
+        let mut slis = Vec::new();
+        for (sli, objective, good_of) in [
+            (
+                "latency",
+                self.latency_objective,
+                (|b: &Bucket| b.latency_good) as fn(&Bucket) -> u32,
+            ),
+            ("delivery", self.delivery_objective, |b: &Bucket| {
+                b.delivery_good
+            }),
+        ] {
+            let Some(objective) = objective else { continue };
+            let allowed = 1.0 - objective;
+            let bad_share = |b: &Bucket| 1.0 - ratio(good_of(b) as u64, b.total as u64);
+            let burn_rates = BURN_WINDOWS
+                .iter()
+                .map(|(name, secs)| {
+                    let b = if *secs <= MINUTES as u64 * 60 {
+                        Self::sum(&self.minutes, 60, wall, *secs)
+                    } else {
+                        Self::sum(&self.hours, 3600, wall, *secs)
+                    };
+                    (*name, bad_share(&b) / allowed)
+                })
+                .collect();
+            slis.push(SliState {
+                sli,
+                objective,
+                compliance: ratio(good_of(&period) as u64, period.total as u64),
+                error_budget_remaining: 1.0 - bad_share(&period) / allowed,
+                burn_rates,
+            });
+        }
+        SloState {
+            slis,
+            totals: self.totals,
+            slice_compliance: ratio(
+                period.slices_good as u64,
+                (period.slices_good + period.slices_bad) as u64,
+            ),
+            slice_seconds: self.slice_s,
+            period_seconds: self.period_s,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
