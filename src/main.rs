@@ -42,6 +42,12 @@ enum Command {
     },
     /// Run the probes for a while, wait for every canary, and pass or fail.
     Check(CheckArgs),
+    /// Print Prometheus recording rules and burn-rate alerts for the SLOs.
+    Rules {
+        /// Configuration file.
+        #[arg(short, long, env = "CHIRP_CONFIG", default_value = "probes.yaml")]
+        config: PathBuf,
+    },
     /// Parse, interpolate and validate the configuration; print every error.
     Validate {
         /// Configuration file.
@@ -132,6 +138,13 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Validate { config } => validate(&config),
+            Command::Rules { config } => match load(&config) {
+                Some(c) => {
+                    print!("{}", chirp::slo::rules::render(&c));
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => Ok(ExitCode::from(EXIT_CONFIG)),
+            },
             Command::Run { common } => run(common).await,
             Command::Check(args) => check(args).await,
         }

@@ -5,6 +5,8 @@
 //! resolve, never while in flight. Memory is fixed: minute buckets for the
 //! last 6 hours and hour buckets for the period (about 15 KiB for 30 days).
 
+pub mod rules;
+
 use crate::config::Slo;
 use serde::Serialize;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
