@@ -301,6 +301,7 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(anyhow::Error::new(e).context("cannot start the check")),
     };
     let started = std::time::Instant::now();
+    let progress = progress_bar(&rt, args.count, args.duration);
     rt.injection_done().await;
     // Every canary resolves by its deadline; the margin covers the last sweep.
     let longest = config
@@ -311,6 +312,10 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_default();
     rt.drain(longest + Duration::from_secs(1)).await;
     let now = Instant::now();
+    if let Some((bar, task)) = progress {
+        task.abort();
+        bar.finish_and_clear();
+    }
     let reports: Vec<ProbeReport> = rt.probes.iter().map(|p| ProbeReport::of(p, now)).collect();
     rt.shutdown().await;
 
@@ -364,6 +369,55 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_FAILED)
     })
+}
+
+/// On a terminal, a progress bar of resolved canaries (count mode) or of
+/// time (duration mode); nothing when stderr is not a terminal (CI logs).
+fn progress_bar(
+    rt: &Runtime,
+    count: Option<u64>,
+    duration: Option<Duration>,
+) -> Option<(indicatif::ProgressBar, tokio::task::JoinHandle<()>)> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let probes = rt.probes.clone();
+    let lanes: u64 = probes.iter().map(|p| p.lanes().len().max(1) as u64).sum();
+    let (len, template) = match (count, duration) {
+        (Some(n), _) => (
+            n * lanes,
+            "{spinner} {pos}/{len} canaries resolved [{bar:40}] {elapsed}",
+        ),
+        (None, Some(d)) => (
+            d.as_secs().max(1),
+            "{spinner} sending for {len}s [{bar:40}] {elapsed}, then waiting for the last canaries",
+        ),
+        (None, None) => return None,
+    };
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let b = bar.clone();
+    let started = std::time::Instant::now();
+    let task = tokio::spawn(async move {
+        loop {
+            let pos = match count {
+                Some(_) => probes
+                    .iter()
+                    .map(|p| {
+                        let c = p.counts();
+                        c.sent - c.in_flight
+                    })
+                    .sum(),
+                None => started.elapsed().as_secs(),
+            };
+            b.set_position(pos.min(len));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    Some((bar, task))
 }
 
 fn check_text(evaluated: &[(ProbeReport, Vec<report::Objective>)], elapsed: Duration) -> String {

@@ -64,7 +64,13 @@ pub struct SliState {
     /// 1 - (bad share / allowed bad share) over the period; negative when overspent.
     pub error_budget_remaining: f64,
     /// (window, burn rate): bad share over the window / allowed bad share.
+    /// Serialized as an object: `{"5m": 0.0, "30m": 0.0, ...}`.
+    #[serde(serialize_with = "as_map")]
     pub burn_rates: Vec<(&'static str, f64)>,
+}
+
+fn as_map<S: serde::Serializer>(pairs: &[(&'static str, f64)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(pairs.iter().map(|(k, v)| (*k, *v)))
 }
 
 /// The SLO state of a probe at one moment.
