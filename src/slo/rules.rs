@@ -84,6 +84,12 @@ pub fn render(config: &Config) -> String {
     periods.dedup();
     for period in periods {
         let p = period_label(period);
+        let by_sli = "sum by (environment, probe, sli)";
+        let _ = writeln!(y, "      - record: chirp:sli_compliance:ratio{p}");
+        let _ = writeln!(
+            y,
+            "        expr: {by_sli} (increase(chirp_sli_good_total[{p}])) / {by_sli} (increase(chirp_sli_events_total[{p}]))"
+        );
         let by = "sum by (environment, probe)";
         let _ = writeln!(y, "      - record: chirp:slo_slice_compliance:ratio{p}");
         let _ = writeln!(

@@ -164,3 +164,19 @@ pub async fn start_counted(config: &chirp::config::Config, count: u64) -> chirp:
     .await
     .expect("chirp starts")
 }
+
+/// Like [`wait_for`], for a condition that has to await (an HTTP request).
+pub async fn wait_for_async<F, Fut>(what: &str, limit: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let give_up = tokio::time::Instant::now() + limit;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
