@@ -452,6 +452,17 @@ fn check_text(evaluated: &[(ProbeReport, Vec<report::Objective>)], elapsed: Dura
                     slo.slice_seconds,
                     t.slices_no_data
                 ));
+                for s in &slo.recent_slices {
+                    let start = std::time::UNIX_EPOCH + Duration::from_secs(s.start_unix);
+                    out.push_str(&format!(
+                        "       {} {}: {} canaries, {} delivered, {} within the latency threshold\n",
+                        humantime::format_rfc3339_seconds(start),
+                        if s.good { "good" } else { "BAD " },
+                        s.events,
+                        s.delivery_good,
+                        s.latency_good
+                    ));
+                }
             }
         }
     }

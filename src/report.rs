@@ -193,6 +193,42 @@ pub fn text_table(rows: &[ProbeReport], span: Span) -> String {
     out
 }
 
+/// One line per probe with objectives: compliance, budget left and burn rate
+/// per SLI, and slice compliance (the status page's SLO section).
+pub fn slo_lines(rows: &[ProbeReport]) -> String {
+    let mut out = String::new();
+    for r in rows {
+        let Some(slo) = &r.slo else { continue };
+        let mut parts = Vec::new();
+        for s in &slo.slis {
+            let burn = |w: &str| {
+                s.burn_rates
+                    .iter()
+                    .find(|(n, _)| *n == w)
+                    .map(|(_, b)| *b)
+                    .unwrap_or(0.0)
+            };
+            parts.push(format!(
+                "{} {:.3}% (objective {}%), budget left {:.1}%, burn 1h {:.2}x 6h {:.2}x",
+                s.sli,
+                s.compliance * 100.0,
+                s.objective * 100.0,
+                s.error_budget_remaining * 100.0,
+                burn("1h"),
+                burn("6h")
+            ));
+        }
+        let t = &slo.totals;
+        parts.push(format!(
+            "slices {}/{} good",
+            t.slices_good,
+            t.slices_good + t.slices_bad
+        ));
+        let _ = writeln!(out, "{}: {}", r.name, parts.join("; "));
+    }
+    out
+}
+
 /// `check`'s pass/fail gates from the command line.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Gates {

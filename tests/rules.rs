@@ -98,6 +98,36 @@ fn alert(rules: &serde_yaml::Value, burn: &str, value: &str) -> serde_yaml::Valu
 }
 
 #[test]
+fn rules_for_the_shipped_configuration_pass_promtool() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/probes.yaml");
+    let out = Command::new(CHIRP)
+        .args(["rules", "-c", shipped])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let path = std::env::temp_dir().join(format!("chirp-shipped-rules-{}.yml", std::process::id()));
+    std::fs::write(&path, &out.stdout).unwrap();
+    let check = Command::new(promtool())
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    // Two probes with two SLIs each, three alerts per SLI.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("- alert: ChirpErrorBudgetBurn")
+            .count(),
+        12
+    );
+}
+
+#[test]
 fn generated_rules_pass_promtool_and_fire_exactly_when_they_should() {
     let dir = Dir(std::env::temp_dir().join(format!("chirp-rules-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();

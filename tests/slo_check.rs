@@ -124,3 +124,55 @@ fn met_objectives_pass_and_a_missed_one_fails_with_measured_vs_target() {
         Some("delivery_slo: measured 0.000%, objective at least 99.900%")
     );
 }
+
+#[test]
+fn a_run_over_several_slices_reports_each_slice() {
+    let cfg = write(&format!(
+        "listen: 127.0.0.1:0\nsigning_key: {KEY}\nprobes:\n  - name: loop\n    interval: 50ms\n    deadline: 1s\n    inject: {{http: {{url: /hooks/loop}}}}\n    catch: {{http: {{}}}}\n    slo:\n      delivery: {{objective: 99%}}\n      slice: 1s\n      period: 1h\n"
+    ));
+    let out = Command::new(CHIRP)
+        .args(["check", "--duration", "3500ms", "--format", "json", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let slo = &v["probes"][0]["slo"];
+    let slices = slo["recent_slices"].as_array().expect("per-slice results");
+    // 3.5 s of canaries in 1 s slices: at least 3 closed slices with data.
+    assert!(slices.len() >= 3, "{slo}");
+    assert!(
+        slices
+            .iter()
+            .all(|s| s["good"] == true && s["events"].as_u64().unwrap() > 0),
+        "{slo}"
+    );
+    assert_eq!(
+        slo["totals"]["slices_good"].as_u64().unwrap(),
+        slices.len() as u64,
+        "{slo}"
+    );
+    let sum: u64 = slices.iter().map(|s| s["events"].as_u64().unwrap()).sum();
+    assert!(sum <= slo["totals"]["events"].as_u64().unwrap());
+
+    let out = Command::new(CHIRP)
+        .args(["check", "--duration", "2500ms", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("time slices of 1s good"), "{text}");
+    assert!(
+        text.lines()
+            .filter(|l| l.contains(" good: ") && l.contains("canaries"))
+            .count()
+            >= 2,
+        "{text}"
+    );
+    let _ = std::fs::remove_file(&cfg);
+}

@@ -123,7 +123,12 @@ async fn status_page(State(state): State<Arc<AppState>>) -> Html<String> {
         .iter()
         .map(|p| report::ProbeReport::of(p, now))
         .collect();
-    let table = report::text_table(&rows, report::Span::Window);
+    let mut table = report::text_table(&rows, report::Span::Window);
+    let slo = report::slo_lines(&rows);
+    if !slo.is_empty() {
+        table.push_str("\nSLOs over the period, in this process:\n");
+        table.push_str(&slo);
+    }
     let escaped = table
         .replace('&', "&amp;")
         .replace('<', "&lt;")

@@ -22,6 +22,20 @@ pub const BURN_WINDOWS: [(&str, u64); 6] = [
     ("3d", 259_200),
 ];
 const MINUTES: usize = 360;
+/// Closed slices with data kept for reports (`check` shows them one by one).
+const RECENT_SLICES: usize = 60;
+
+/// One closed time slice with data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SliceResult {
+    /// Wall-clock start, seconds since the Unix epoch.
+    pub start_unix: u64,
+    pub events: u64,
+    pub latency_good: u64,
+    pub delivery_good: u64,
+    /// Every objective held inside the slice.
+    pub good: bool,
+}
 
 /// How one canary resolved, for the SLIs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -82,6 +96,8 @@ pub struct SloState {
     pub slice_compliance: f64,
     pub slice_seconds: u64,
     pub period_seconds: u64,
+    /// The last closed slices with data (at most 60), oldest first.
+    pub recent_slices: Vec<SliceResult>,
 }
 
 /// Per-probe SLO bookkeeping.
@@ -101,6 +117,7 @@ pub struct SloTracker {
     slice: u64,
     slice_acc: (u64, u64, u64),
     totals: Totals,
+    recent: std::collections::VecDeque<SliceResult>,
 }
 
 /// 99.9 → 0.999, without the binary rounding residue of a plain division.
@@ -143,6 +160,7 @@ impl SloTracker {
             slice: 0,
             slice_acc: (0, 0, 0),
             totals: Totals::default(),
+            recent: std::collections::VecDeque::with_capacity(RECENT_SLICES),
         };
         t.slice = t.wall_s(now) / slice_s;
         Some(t)
@@ -181,6 +199,16 @@ impl SloTracker {
             };
             let good =
                 holds(self.latency_objective, lat_good) && holds(self.delivery_objective, del_good);
+            if self.recent.len() == RECENT_SLICES {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(SliceResult {
+                start_unix: self.slice * self.slice_s,
+                events: total,
+                latency_good: lat_good,
+                delivery_good: del_good,
+                good,
+            });
             let b = Self::bucket(&mut self.hours, end_hour);
             if good {
                 b.slices_good += 1;
@@ -284,6 +312,7 @@ impl SloTracker {
             ),
             slice_seconds: self.slice_s,
             period_seconds: self.period_s,
+            recent_slices: self.recent.iter().copied().collect(),
         }
     }
 }

@@ -92,6 +92,16 @@ async fn slices_without_data_are_neither_good_nor_bad() {
         (1, 1, 4)
     );
     assert_eq!(s.slice_compliance, 0.5);
+    let recent: Vec<(u64, u64, bool)> = s
+        .recent_slices
+        .iter()
+        .map(|r| (r.events, r.latency_good, r.good))
+        .collect();
+    assert_eq!(recent, [(1, 1, true), (1, 0, false)]);
+    assert_eq!(
+        s.recent_slices[1].start_unix - s.recent_slices[0].start_unix,
+        300
+    );
     assert_eq!((s.totals.latency_good, s.totals.delivery_good), (1, 2));
 }
 
