@@ -571,18 +571,7 @@ fn read_nats_connection(value: &Value, path: &str, r: &mut Reader) -> Option<Nat
         r.error(path, "`user` and `password` go together");
     }
     let credentials_file = r.string(&f, "credentials_file");
-    let tls = f.get("tls").map(|t| {
-        let tf = r.fields(t, &f.path_of("tls"), &["ca_file", "cert_file", "key_file"]);
-        let tls = TlsConfig {
-            ca_file: r.string(&tf, "ca_file"),
-            cert_file: r.string(&tf, "cert_file"),
-            key_file: r.string(&tf, "key_file"),
-        };
-        if tls.cert_file.is_some() != tls.key_file.is_some() {
-            r.error(&tf.path, "`cert_file` and `key_file` go together");
-        }
-        tls
-    });
+    let tls = f.get("tls").map(|t| read_tls(t, &f.path_of("tls"), r));
     Some(NatsConnection {
         url: Endpoint::new(url?),
         token,
@@ -591,6 +580,20 @@ fn read_nats_connection(value: &Value, path: &str, r: &mut Reader) -> Option<Nat
         credentials_file,
         tls,
     })
+}
+
+/// Reads `tls: {ca_file, cert_file, key_file}`.
+pub(crate) fn read_tls(value: &Value, path: &str, r: &mut Reader) -> TlsConfig {
+    let tf = r.fields(value, path, &["ca_file", "cert_file", "key_file"]);
+    let tls = TlsConfig {
+        ca_file: r.string(&tf, "ca_file"),
+        cert_file: r.string(&tf, "cert_file"),
+        key_file: r.string(&tf, "key_file"),
+    };
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        r.error(path, "`cert_file` and `key_file` go together");
+    }
+    tls
 }
 
 /// Reads `{<transport>: {...}}`: exactly one key naming a transport in `supported`.

@@ -576,18 +576,7 @@ pub(crate) fn read_kafka_connection(
         None => None,
         Some(Value::Bool(false)) => None,
         Some(Value::Bool(true)) => Some(TlsConfig::default()),
-        Some(t) => {
-            let tf = r.fields(t, &f.path_of("tls"), &["ca_file", "cert_file", "key_file"]);
-            let tls = TlsConfig {
-                ca_file: r.string(&tf, "ca_file"),
-                cert_file: r.string(&tf, "cert_file"),
-                key_file: r.string(&tf, "key_file"),
-            };
-            if tls.cert_file.is_some() != tls.key_file.is_some() {
-                r.error(&tf.path, "`cert_file` and `key_file` go together");
-            }
-            Some(tls)
-        }
+        Some(t) => Some(read_tls(t, &f.path_of("tls"), r)),
     };
     let sasl = f.get("sasl").and_then(|s| {
         let sf = r.fields(
