@@ -240,3 +240,27 @@ async fn partitions_that_appear_after_start_get_their_own_canaries() {
     }
     rt.shutdown().await;
 }
+
+#[test]
+fn check_exits_3_when_the_topic_does_not_exist() {
+    let tansu = Tansu::start();
+    let path =
+        std::env::temp_dir().join(format!("chirp-tansu-missing-{}.yaml", std::process::id()));
+    std::fs::write(
+        &path,
+        format!(
+            "listen: 127.0.0.1:0\nsigning_key: {KEY}\nconnections:\n  t:\n    kafka: {{brokers: \"{}\"}}\nprobes:\n  - name: tk\n    inject: {{kafka: {{connection: t, topic: nowhere, partitions: all}}}}\n    catch: {{kafka: {{connection: t, topic: nowhere}}}}\n",
+            tansu.bootstrap()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chirp"))
+        .args(["check", "--count", "5", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("topic `nowhere`"), "{err}");
+}

@@ -263,8 +263,13 @@ impl Probe {
 
     /// Records a message at the sink that is not one of our canaries (on lane 0's books).
     pub fn stray(&self, kind: Stray) {
-        if let Some(lane) = self.lanes().first() {
-            lane.ledger().stray(kind);
+        match self.lanes().first() {
+            Some(lane) => lane.ledger().stray(kind),
+            // Per-partition mode before the topic's partitions are known: no
+            // canary of ours can be at the sink yet, and there is no series to count on.
+            None => {
+                tracing::debug!(probe = %self.name(), kind = ?kind, "Message at the sink before any partition is known; not counted.")
+            }
         }
     }
 
