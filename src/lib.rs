@@ -5,6 +5,7 @@
 
 pub mod canary;
 pub mod config;
+pub mod otlp;
 pub mod probe;
 pub mod report;
 pub mod runtime;

@@ -192,6 +192,21 @@ fn validate(path: &Path) -> anyhow::Result<ExitCode> {
         if config.probes.len() == 1 { "" } else { "s" },
         config.environment
     );
+    if let Some(o) = &config.otlp {
+        let traces = match o.traces {
+            Some(t) => format!(
+                "traces to {} (sample ratio {})",
+                o.traces_endpoint, t.sample_ratio
+            ),
+            None => "no traces".to_owned(),
+        };
+        println!(
+            "OTLP over {}: metrics to {} every {}; {traces}",
+            o.protocol.as_str(),
+            o.metrics_endpoint,
+            humantime::format_duration(o.interval)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,6 +5,7 @@
 
 use crate::canary::Signer;
 use crate::config::{Catch, Config, Connection, Inject, KafkaInject, Partitions};
+use crate::otlp::Telemetry;
 use crate::probe::{CatchLink, Links, Probe};
 use crate::server::{self, AppState};
 use crate::transport::{http::HttpInjector, kafka, nats, Injector};
@@ -64,6 +65,8 @@ pub enum StartError {
         probe: String,
         source: crate::transport::http::BuildError,
     },
+    #[error("export.otlp: {0}")]
+    Otlp(#[from] crate::otlp::export::ExportSetupError),
 }
 
 impl StartError {
@@ -97,6 +100,8 @@ pub struct Runtime {
     /// Embedded Kafka test clusters; stopped last.
     embedded: Vec<kafka::Embedded>,
     kafka_health: Vec<Arc<kafka::Health>>,
+    /// OTLP exporters; flushed and stopped last.
+    telemetry: Option<Telemetry>,
 }
 
 /// A Kafka connection's shared parts.
@@ -115,6 +120,10 @@ impl Runtime {
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
         let run_id: u64 = rand::random();
+        let mut telemetry = match &config.otlp {
+            Some(c) => Some(Telemetry::start(c, &config.environment)?),
+            None => None,
+        };
 
         let mut clients: HashMap<String, async_nats::Client> = HashMap::new();
         for (name, conn) in &config.connections {
@@ -285,6 +294,9 @@ impl Runtime {
                 hook_signer,
                 partitions.as_deref(),
             ));
+            if let Some(t) = &telemetry {
+                probe.set_telemetry(t.probe(pc));
+            }
             if let Inject::Kafka(KafkaInject {
                 partitions: Some(Partitions::All),
                 ..
@@ -352,10 +364,18 @@ impl Runtime {
             probes.push(probe);
         }
 
+        let otlp_status = match &mut telemetry {
+            Some(t) => {
+                t.observe(probes.clone());
+                t.status.clone()
+            }
+            None => Vec::new(),
+        };
         let state = AppState::new(
             config.environment.clone(),
             config.prometheus,
             probes.clone(),
+            otlp_status,
         );
         let app = server::router(state);
         let stop = server_stop.clone();
@@ -394,6 +414,7 @@ impl Runtime {
                 .values()
                 .map(|c| Arc::clone(&c.health))
                 .collect(),
+            telemetry,
         })
     }
 
@@ -460,6 +481,10 @@ impl Runtime {
         // Clients are gone; the embedded clusters can stop.
         let embedded = std::mem::take(&mut self.embedded);
         let _ = tokio::task::spawn_blocking(move || drop(embedded)).await;
+        // Last, so the final export has every canary's outcome.
+        if let Some(t) = self.telemetry.take() {
+            t.shutdown(&self.probes).await;
+        }
     }
 }
 

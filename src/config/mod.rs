@@ -5,11 +5,13 @@
 //! only inside this module.
 
 mod locate;
+mod otlp;
 mod probes;
 mod reader;
 mod secret;
 mod vars;
 
+pub use otlp::{OtlpConfig, OtlpProtocol, Temporality, TraceConfig};
 pub use reader::ConfigError;
 pub use secret::{Endpoint, Secret};
 pub use vars::{Env, ProcessEnv};
@@ -34,6 +36,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Serve `/metrics` (`export.prometheus`, default true).
     pub prometheus: bool,
+    /// OTLP export of metrics (and traces), when configured.
+    pub otlp: Option<OtlpConfig>,
     pub connections: BTreeMap<String, Connection>,
     pub probes: Vec<ProbeConfig>,
 }
@@ -327,7 +331,7 @@ pub fn load_str(text: &str, env: &dyn Env) -> Result<Config, Vec<ConfigError>> {
     };
     let mut r = Reader::default();
     interpolate(&mut value, "", env, &mut r);
-    let config = read_config(&value, &mut r);
+    let config = read_config(&value, env, &mut r);
     if r.errors.is_empty() {
         if let Some(c) = config {
             return Ok(c);
@@ -394,7 +398,7 @@ pub(crate) struct SloDraft {
     period: Option<Duration>,
 }
 
-fn read_config(root: &Value, r: &mut Reader) -> Option<Config> {
+fn read_config(root: &Value, env: &dyn Env, r: &mut Reader) -> Option<Config> {
     let top = r.fields(
         root,
         "",
@@ -449,16 +453,16 @@ fn read_config(root: &Value, r: &mut Reader) -> Option<Config> {
         .duration(&top, "shutdown_grace")
         .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
     let mut prometheus = true;
+    let mut otlp_value = None;
     if let Some(export) = top.get("export") {
         let f = r.fields(export, "export", &["prometheus", "otlp"]);
         prometheus = r.bool(&f, "prometheus").unwrap_or(true);
-        if f.has("otlp") {
-            r.error(
-                &f.path_of("otlp"),
-                "OTLP export is not supported by this version of chirp yet",
-            );
-        }
+        otlp_value = f.get("otlp").or_else(|| {
+            // `otlp:` with nothing under it still turns export on.
+            matches!(export, Value::Mapping(m) if m.contains_key("otlp")).then_some(&Value::Null)
+        });
     }
+    let otlp = otlp::read_otlp(otlp_value, "export.otlp", env, r);
     let defaults = read_defaults(top.get("defaults"), r);
     let connections = read_connections(top.get("connections"), r);
     let probes = probes::read_probes(top.get("probes"), &defaults, &connections, r);
@@ -469,6 +473,7 @@ fn read_config(root: &Value, r: &mut Reader) -> Option<Config> {
         signing_key: signing_key?,
         shutdown_grace,
         prometheus,
+        otlp,
         connections,
         probes: probes?,
     })

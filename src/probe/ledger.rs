@@ -4,8 +4,11 @@
 //! (duplicate, late, reordered, foreign, rejected, unrelated). Memory is a
 //! fixed ring of one byte per recent canary, whatever the uptime.
 
+use crate::otlp::trace::{wall, CanaryTracer, End};
+use crate::otlp::LaneTelemetry;
 use crate::slo::{Resolved, SloTracker};
 use crate::stats::{LatencyStats, Summary};
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -159,6 +162,10 @@ pub struct Ledger {
     pub lag: LatencyStats,
     /// The probe's SLO bookkeeping, told about every resolution.
     slo: Option<Arc<Mutex<SloTracker>>>,
+    /// OTLP instruments and tracer, when exporting.
+    otel: Option<LaneTelemetry>,
+    /// Producer spans of sampled canaries in flight, ended at resolution.
+    spans: HashMap<u64, opentelemetry_sdk::trace::Span>,
 }
 
 /// Memory of resolved canaries is kept for this many deadlines, so duplicates
@@ -197,6 +204,49 @@ impl Ledger {
             publish: LatencyStats::new(deadline, &[], start),
             lag: LatencyStats::new(deadline, &[], start),
             slo: None,
+            otel: None,
+            spans: HashMap::new(),
+        }
+    }
+
+    /// Records latencies (and traces) into OTLP instruments from now on.
+    pub fn set_telemetry(&mut self, t: LaneTelemetry) {
+        self.otel = Some(t);
+    }
+
+    pub fn has_telemetry(&self) -> bool {
+        self.otel.is_some()
+    }
+
+    /// Starts the producer span of `seq` (just sent) at its slot; returns its
+    /// `traceparent`, when tracing.
+    pub fn start_trace(&mut self, seq: u64) -> Option<String> {
+        let t = self.otel.as_ref()?;
+        let tracer = t.tracer()?;
+        let lane = t.partition.map_or(0, |p| p as u32);
+        let (span, header) = tracer.start(lane, seq, t.partition, wall(self.intended(seq)));
+        if let Some(span) = span {
+            self.spans.insert(seq, span);
+        }
+        Some(header)
+    }
+
+    /// The span context of `seq`'s producer span, while it is open.
+    pub fn span_context(&self, seq: u64) -> Option<opentelemetry::trace::SpanContext> {
+        use opentelemetry::trace::Span as _;
+        self.spans.get(&seq).map(|s| s.span_context().clone())
+    }
+
+    fn end_span(&mut self, seq: u64, end: End, at: Instant) {
+        if let Some(span) = self.spans.remove(&seq) {
+            CanaryTracer::end(span, end, wall(at));
+        }
+    }
+
+    /// Ends every open producer span as unresolved (at shutdown).
+    pub fn end_open_spans(&mut self, now: Instant) {
+        for (_, span) in self.spans.drain() {
+            CanaryTracer::end(span, End::Unresolved, wall(now));
         }
     }
 
@@ -252,6 +302,8 @@ impl Ledger {
                 self.counts.in_flight -= 1;
                 self.counts.lost += 1;
                 self.resolved(now, Resolved::Failed, 1);
+                let deadline = self.deadline;
+                self.end_span(self.base, End::Lost { deadline }, now);
             }
             self.base += 1;
             self.expire_cursor = self.expire_cursor.max(self.base);
@@ -260,6 +312,9 @@ impl Ledger {
         self.counts.in_flight += 1;
         let lag = now.saturating_duration_since(self.intended(seq));
         self.lag.record(lag, now);
+        if let Some(t) = &self.otel {
+            t.lag(lag);
+        }
         seq
     }
 
@@ -269,8 +324,14 @@ impl Ledger {
     }
 
     /// Records the broker's acknowledgement of `seq` after `latency`.
-    pub fn published(&mut self, latency: Duration, now: Instant) {
+    pub fn published(&mut self, seq: u64, latency: Duration, now: Instant) {
         self.publish.record(latency, now);
+        if let Some(t) = &self.otel {
+            t.publish(latency);
+        }
+        if let Some(span) = self.spans.get_mut(&seq) {
+            CanaryTracer::acknowledged(span, latency, wall(now));
+        }
     }
 
     /// The producer refused `seq`. Ignored if it was already resolved (a
@@ -282,7 +343,9 @@ impl Ledger {
                 self.counts.in_flight -= 1;
                 self.counts.publish_failed += 1;
                 self.counts.failed_by_kind[kind as usize] += 1;
-                self.resolved(Instant::now(), Resolved::Failed, 1);
+                let now = Instant::now();
+                self.resolved(now, Resolved::Failed, 1);
+                self.end_span(seq, End::PublishFailed(kind), now);
                 true
             }
             _ => false,
@@ -312,6 +375,7 @@ impl Ledger {
                     self.counts.lost += 1;
                     self.counts.late += 1;
                     self.resolved(now, Resolved::Failed, 1);
+                    self.end_span(seq, End::Lost { deadline }, intended + deadline);
                     return Arrival::Late;
                 }
                 *state = State::Delivered;
@@ -324,7 +388,11 @@ impl Ledger {
                     self.highest_delivered = Some(seq);
                 }
                 self.e2e.record(latency, now);
+                if let Some(t) = &self.otel {
+                    t.latency(latency);
+                }
                 self.resolved(now, Resolved::Delivered(latency), 1);
+                self.end_span(seq, End::Delivered, now);
                 Arrival::Delivered { latency, reordered }
             }
             State::Delivered => {
@@ -359,6 +427,8 @@ impl Ledger {
                 if *s == State::InFlight {
                     *s = State::Lost;
                     lost += 1;
+                    let (deadline, at) = (self.deadline, self.intended(seq) + self.deadline);
+                    self.end_span(seq, End::Lost { deadline }, at);
                 }
             }
             self.expire_cursor += 1;

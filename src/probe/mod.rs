@@ -7,6 +7,7 @@ pub mod ledger;
 
 use crate::canary::{self, Signer, Token, TokenError};
 use crate::config::ProbeConfig;
+use crate::otlp::{LaneTelemetry, ProbeTelemetry};
 use crate::slo::SloTracker;
 use crate::transport::{Ack, Injector, Outgoing};
 use ledger::{Arrival, FailureKind, Ledger, Snapshot, Stray};
@@ -82,6 +83,8 @@ pub struct Probe {
     links: OnceLock<Links>,
     /// True once the catch side is confirmed listening and the schedule has started.
     ready: tokio::sync::watch::Sender<bool>,
+    /// OTLP instruments, when exporting; set once, before the schedule starts.
+    telemetry: OnceLock<Arc<ProbeTelemetry>>,
 }
 
 /// The clients a probe depends on, for readiness.
@@ -126,6 +129,7 @@ impl Probe {
             slo: None,
             links: OnceLock::new(),
             ready: tokio::sync::watch::Sender::new(false),
+            telemetry: OnceLock::new(),
         };
         probe.slo = slo;
         match partitions {
@@ -163,9 +167,42 @@ impl Probe {
             ledger: Mutex::new(ledger),
         });
         let mut lanes = self.lanes.write().unwrap_or_else(|p| p.into_inner());
+        // Under the lock, so a lane added while telemetry is set gets it too.
+        if let Some(t) = self.telemetry.get() {
+            lane.ledger()
+                .set_telemetry(LaneTelemetry::new(Arc::clone(t), partition));
+        }
         if lanes.iter().all(|l| l.id != id) {
             lanes.push(lane);
             lanes.sort_by_key(|l| l.id);
+        }
+    }
+
+    /// Records this probe's latencies and traces into `t` from now on.
+    pub fn set_telemetry(&self, t: Arc<ProbeTelemetry>) {
+        if self.telemetry.set(t).is_err() {
+            return;
+        }
+        let lanes = self.lanes.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = self.telemetry.get() {
+            for lane in lanes.iter() {
+                let mut l = lane.ledger();
+                if !l.has_telemetry() {
+                    l.set_telemetry(LaneTelemetry::new(Arc::clone(t), lane.partition));
+                }
+            }
+        }
+    }
+
+    pub fn telemetry(&self) -> Option<&Arc<ProbeTelemetry>> {
+        self.telemetry.get()
+    }
+
+    /// Ends the producer spans of canaries still in flight (at shutdown).
+    pub fn end_open_spans(&self) {
+        let now = Instant::now();
+        for lane in self.lanes() {
+            lane.ledger().end_open_spans(now);
         }
     }
 
@@ -293,9 +330,16 @@ impl Probe {
             .min()
     }
 
-    /// Classifies one message caught at `now` and records it.
-    /// `header` is the token header, when the transport has headers.
-    pub fn on_message(&self, header: Option<&str>, body: &[u8], now: Instant) -> Verdict {
+    /// Classifies one message caught at `now` and records it. `header` is
+    /// the token header and `traceparent` the W3C trace context header, when
+    /// the transport has headers.
+    pub fn on_message(
+        &self,
+        header: Option<&str>,
+        traceparent: Option<&str>,
+        body: &[u8],
+        now: Instant,
+    ) -> Verdict {
         let Some(text) = canary::find(header, body, self.config.payload.token_pointer.as_deref())
         else {
             self.stray(Stray::Unrelated);
@@ -314,13 +358,21 @@ impl Probe {
                 Verdict::Stray(Stray::Foreign)
             }
             Ok(token) => {
-                let arrival = match self.lane(token.lane) {
-                    Some(lane) => lane.ledger().caught(token.seq, now),
+                let (arrival, producer) = match self.lane(token.lane) {
+                    Some(lane) => {
+                        let mut l = lane.ledger();
+                        let producer = l.span_context(token.seq);
+                        (l.caught(token.seq, now), producer)
+                    }
                     None => {
                         self.stray(Stray::Rejected);
-                        Arrival::NeverSent
+                        (Arrival::NeverSent, None)
                     }
                 };
+                if let Some(tracer) = self.telemetry().and_then(|t| t.tracer.as_ref()) {
+                    let at = crate::otlp::trace::wall(now);
+                    tracer.caught(traceparent, producer, token.seq, &arrival, at);
+                }
                 match arrival {
                     Arrival::Delivered { .. } => {}
                     Arrival::NeverSent => {
@@ -410,11 +462,12 @@ impl Probe {
     /// Registers the lane's next canary as sent and hands it to the injector.
     async fn send_one(self: &Arc<Self>, injector: &Arc<Injector>, lane: &Arc<Lane>) {
         let now = Instant::now();
-        let (seq, intended) = {
+        let (seq, intended, traceparent) = {
             let mut l = lane.ledger();
             l.expire(now);
             let (_, intended) = l.next_slot();
-            (l.send(now), intended)
+            let seq = l.send(now);
+            (seq, intended, l.start_trace(seq))
         };
         if now.saturating_duration_since(intended) >= self.config.deadline {
             // The producer stalled past this canary's whole deadline: it
@@ -436,6 +489,7 @@ impl Probe {
             body: body.into(),
             partition: lane.partition,
             key: self.config.name.clone(),
+            traceparent,
         };
         let started = Instant::now();
         match injector.send(msg, self.config.publish_timeout).await {
@@ -450,7 +504,7 @@ impl Probe {
                     match confirm.await {
                         Ok(Ack::Confirmed) => {
                             let now = Instant::now();
-                            lane.ledger().published(now - started, now);
+                            lane.ledger().published(seq, now - started, now);
                         }
                         Ok(Ack::Unconfirmed) => {}
                         Err(e) => {

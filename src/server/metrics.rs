@@ -19,6 +19,8 @@ type Labels = Vec<(&'static str, String)>;
 pub struct ProbeCollector {
     pub environment: String,
     pub probes: Vec<Arc<Probe>>,
+    /// OTLP export status per signal (empty when not exporting).
+    pub otlp: Vec<Arc<crate::otlp::export::SignalStatus>>,
 }
 
 struct Row {
@@ -268,7 +270,28 @@ impl Collector for ProbeCollector {
             "Configured deadline after which a canary is lost.",
             rows.iter().map(|r| (r.labels.clone(), r.deadline)),
         )?;
-        encode_slo(e, &slos)
+        encode_slo(e, &slos)?;
+        if !self.otlp.is_empty() {
+            let rows = |failures: bool| {
+                self.otlp.iter().map(move |s| {
+                    let v = if failures { s.failures() } else { s.exports() };
+                    (vec![("signal", s.signal.to_owned())], v)
+                })
+            };
+            counter(
+                e,
+                "chirp_otlp_exports",
+                "OTLP export attempts, by signal.",
+                rows(false),
+            )?;
+            counter(
+                e,
+                "chirp_otlp_export_failures",
+                "OTLP exports that failed (collector unreachable, slow or refusing), by signal.",
+                rows(true),
+            )?;
+        }
+        Ok(())
     }
 }
 

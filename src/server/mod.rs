@@ -28,7 +28,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(environment: String, prometheus: bool, probes: Vec<Arc<Probe>>) -> Arc<Self> {
+    /// `otlp` is the OTLP exporters' status, when exporting.
+    pub fn new(
+        environment: String,
+        prometheus: bool,
+        probes: Vec<Arc<Probe>>,
+        otlp: Vec<Arc<crate::otlp::export::SignalStatus>>,
+    ) -> Arc<Self> {
         let mut registry = Registry::default();
         registry.register(
             "chirp_build",
@@ -41,6 +47,7 @@ impl AppState {
         registry.register_collector(Box::new(metrics::ProbeCollector {
             environment: environment.clone(),
             probes: probes.clone(),
+            otlp,
         }));
         Arc::new(AppState {
             environment,
@@ -178,10 +185,13 @@ async fn hook(
         )
             .into_response();
     }
-    let token = headers
-        .get(crate::canary::HEADER)
-        .and_then(|v| v.to_str().ok());
-    let verdict = probe.on_message(token, &body, now);
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let verdict = probe.on_message(
+        get(crate::canary::HEADER),
+        get(crate::otlp::trace::TRACEPARENT),
+        &body,
+        now,
+    );
     (
         StatusCode::OK,
         Json(serde_json::json!({"result": verdict.as_str()})),

@@ -75,7 +75,12 @@ impl HttpInjector {
             .request(self.method.clone(), &self.url)
             .headers(self.headers.clone())
             .header(canary::HEADER, msg.token)
-            .header(self.signature_header.as_str(), signature)
+            .header(self.signature_header.as_str(), signature);
+        let request = match &msg.traceparent {
+            Some(tp) => request.header(crate::otlp::trace::TRACEPARENT, tp.as_str()),
+            None => request,
+        };
+        let request = request
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .timeout(timeout)
             .body(msg.body);

@@ -21,6 +21,8 @@ pub struct Outgoing {
     pub partition: Option<i32>,
     /// The Kafka record key (the probe's name), so a probe's canaries share a partition.
     pub key: String,
+    /// The W3C `traceparent` header of the canary's span, when tracing.
+    pub traceparent: Option<String>,
 }
 
 /// A publish the producer refused.

@@ -127,6 +127,9 @@ impl NatsInjector {
             headers.insert(k.as_str(), v.as_str());
         }
         headers.insert(canary::HEADER, msg.token.as_str());
+        if let Some(tp) = &msg.traceparent {
+            headers.insert(crate::otlp::trace::TRACEPARENT, tp.as_str());
+        }
         let publish = self
             .client
             .publish_with_headers(self.subject.clone(), headers, msg.body);
@@ -198,12 +201,18 @@ pub async fn catch_loop(
         };
         let Some(msg) = msg else { break };
         let now = Instant::now();
-        let header = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(canary::HEADER))
-            .map(|v| v.as_str());
-        probe.on_message(header, &msg.payload, now);
+        let get = |name: &str| {
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str())
+        };
+        probe.on_message(
+            get(canary::HEADER),
+            get(crate::otlp::trace::TRACEPARENT),
+            &msg.payload,
+            now,
+        );
     }
     if stop.is_cancelled() {
         let _ = sub.unsubscribe().await;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod otlp;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

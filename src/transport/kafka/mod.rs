@@ -349,6 +349,12 @@ impl KafkaInjector {
             key: canary::HEADER,
             value: Some(msg.token.as_bytes()),
         });
+        if let Some(tp) = &msg.traceparent {
+            headers = headers.insert(Header {
+                key: crate::otlp::trace::TRACEPARENT,
+                value: Some(tp.as_bytes()),
+            });
+        }
         let mut record = FutureRecord::to(&self.topic)
             .payload(&msg.body[..])
             .key(msg.key.as_bytes())
@@ -622,13 +628,20 @@ pub async fn catch_loop(
                 Ok(msg) => {
                     let now = Instant::now();
                     state.health.set(true);
-                    let header = msg.headers().and_then(|h| {
-                        h.iter()
-                            .find(|h| h.key == canary::HEADER)
-                            .and_then(|h| h.value)
-                            .and_then(|v| std::str::from_utf8(v).ok())
-                    });
-                    probe.on_message(header, msg.payload().unwrap_or_default(), now);
+                    let get = |name: &str| {
+                        msg.headers().and_then(|h| {
+                            h.iter()
+                                .find(|h| h.key == name)
+                                .and_then(|h| h.value)
+                                .and_then(|v| std::str::from_utf8(v).ok())
+                        })
+                    };
+                    probe.on_message(
+                        get(canary::HEADER),
+                        get(crate::otlp::trace::TRACEPARENT),
+                        msg.payload().unwrap_or_default(),
+                        now,
+                    );
                     if commit {
                         if let Err(e) = consumer.store_offset_from_message(&msg) {
                             tracing::debug!(probe = %probe.name(), error = %e, "Cannot store the offset.");

@@ -1,0 +1,399 @@
+//! The OTLP exporters: opentelemetry-otlp's gRPC (tonic) and HTTP/protobuf
+//! exporters, configured from [`OtlpConfig`] only (chirp resolves the
+//! environment itself), wrapped so every export is counted and a failing
+//! collector is logged once, not once per export.
+
+use crate::config::{OtlpConfig, OtlpProtocol, Secret, Temporality, TlsConfig};
+use bytes::Bytes;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Export attempts and failures of one signal, shared with `/metrics`.
+#[derive(Debug)]
+pub struct SignalStatus {
+    pub signal: &'static str,
+    endpoint: String,
+    exports: AtomicU64,
+    failures: AtomicU64,
+    failing: AtomicBool,
+    last_warning: Mutex<Option<Instant>>,
+}
+
+/// While exports keep failing, the warning is repeated this often.
+const REMIND_EVERY: Duration = Duration::from_secs(600);
+
+impl SignalStatus {
+    pub fn new(signal: &'static str, endpoint: String) -> Self {
+        SignalStatus {
+            signal,
+            endpoint,
+            exports: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            last_warning: Mutex::new(None),
+        }
+    }
+
+    /// Export attempts so far (each may include the exporter's own retries).
+    pub fn exports(&self) -> u64 {
+        self.exports.load(Ordering::Relaxed)
+    }
+
+    /// Attempts that did not reach the collector, or that it refused.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Counts one export and logs the changes between working and failing.
+    fn note(&self, result: &OTelSdkResult) {
+        self.exports.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(signal = self.signal, endpoint = %self.endpoint, failures = self.failures(), "OTLP export works again.");
+                }
+            }
+            Err(e) => {
+                let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let first = !self.failing.swap(true, Ordering::Relaxed);
+                let mut last = self.last_warning.lock().unwrap_or_else(|p| p.into_inner());
+                if first || last.is_none_or(|t| t.elapsed() >= REMIND_EVERY) {
+                    *last = Some(Instant::now());
+                    tracing::warn!(signal = self.signal, endpoint = %self.endpoint, failures = n, error = %e, "OTLP export failed; probing goes on, and the next export retries.");
+                } else {
+                    tracing::debug!(signal = self.signal, failures = n, error = %e, "OTLP export failed again.");
+                }
+            }
+        }
+    }
+}
+
+/// An exporter whose every export is counted in a [`SignalStatus`].
+#[derive(Debug)]
+pub struct Counted<E> {
+    inner: E,
+    status: Arc<SignalStatus>,
+}
+
+impl<E: PushMetricExporter> PushMetricExporter for Counted<E> {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        let result = self.inner.export(metrics).await;
+        self.status.note(&result);
+        result
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self) -> opentelemetry_sdk::metrics::Temporality {
+        self.inner.temporality()
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let result = self.inner.export(batch).await;
+        self.status.note(&result);
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportSetupError {
+    #[error("cannot read {what} `{path}`: {source}")]
+    File {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("bad TLS settings for OTLP export: {0}")]
+    Tls(String),
+    #[error("cannot set up the OTLP exporter: {0}")]
+    Build(String),
+}
+
+/// PEM files of the TLS settings, read once at start.
+struct Pems {
+    ca: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+fn read_pems(tls: &Option<TlsConfig>) -> Result<Pems, ExportSetupError> {
+    let read = |what: &'static str, path: &String| {
+        std::fs::read(path).map_err(|source| ExportSetupError::File {
+            what,
+            path: path.clone(),
+            source,
+        })
+    };
+    let Some(t) = tls else {
+        return Ok(Pems {
+            ca: None,
+            identity: None,
+        });
+    };
+    let ca = t.ca_file.as_ref().map(|p| read("ca_file", p)).transpose()?;
+    let identity = match (&t.cert_file, &t.key_file) {
+        (Some(c), Some(k)) => Some((read("cert_file", c)?, read("key_file", k)?)),
+        _ => None,
+    };
+    Ok(Pems { ca, identity })
+}
+
+fn is_https(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+}
+
+fn tonic_tls(pems: &Pems) -> tonic::transport::ClientTlsConfig {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let mut tls = ClientTlsConfig::new().with_webpki_roots();
+    if let Some(ca) = &pems.ca {
+        tls = tls.ca_certificate(Certificate::from_pem(ca));
+    }
+    if let Some((cert, key)) = &pems.identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    tls
+}
+
+/// Sets the configured headers on every gRPC request, over any the exporter
+/// took from the environment (the file wins).
+#[derive(Clone)]
+struct Headers(
+    Arc<
+        Vec<(
+            tonic::metadata::AsciiMetadataKey,
+            tonic::metadata::AsciiMetadataValue,
+        )>,
+    >,
+);
+
+impl tonic::service::Interceptor for Headers {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        for (k, v) in self.0.iter() {
+            req.metadata_mut().insert(k.clone(), v.clone());
+        }
+        Ok(req)
+    }
+}
+
+fn grpc_headers(headers: &[(String, Secret)]) -> Result<Headers, ExportSetupError> {
+    let mut out = Vec::with_capacity(headers.len());
+    for (k, v) in headers {
+        let key = k
+            .parse::<tonic::metadata::AsciiMetadataKey>()
+            .map_err(|_| {
+                ExportSetupError::Build(format!("`{k}` is not a valid gRPC header name"))
+            })?;
+        let mut value = v
+            .expose()
+            .parse::<tonic::metadata::AsciiMetadataValue>()
+            .map_err(|_| {
+                ExportSetupError::Build(format!(
+                    "the value of header `{k}` is not valid in gRPC metadata"
+                ))
+            })?;
+        value.set_sensitive(true);
+        out.push((key, value));
+    }
+    Ok(Headers(Arc::new(out)))
+}
+
+/// opentelemetry-otlp's HTTP exporter over chirp's own reqwest client, run
+/// on the tokio runtime (the SDK calls exporters from its own threads).
+struct HttpBridge {
+    client: reqwest::Client,
+    runtime: tokio::runtime::Handle,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl std::fmt::Debug for HttpBridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpBridge")
+    }
+}
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for HttpBridge {
+    async fn send_bytes(
+        &self,
+        mut request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, opentelemetry_http::HttpError> {
+        for (k, v) in &self.headers {
+            request.headers_mut().insert(k.clone(), v.clone());
+        }
+        let request = reqwest::Request::try_from(request)?;
+        let client = self.client.clone();
+        let answer = self
+            .runtime
+            .spawn(async move {
+                let resp = client.execute(request).await?;
+                let status = resp.status();
+                let body = resp.bytes().await?;
+                Ok::<_, reqwest::Error>((status, body))
+            })
+            .await?;
+        // Drop the request URL from errors: it is the configured endpoint, which may carry credentials.
+        let (status, body) = answer.map_err(|e| e.without_url())?;
+        let mut response = http::Response::new(body);
+        *response.status_mut() = status;
+        Ok(response)
+    }
+}
+
+fn http_bridge(
+    config: &OtlpConfig,
+    pems: &Pems,
+    runtime: tokio::runtime::Handle,
+) -> Result<HttpBridge, ExportSetupError> {
+    let mut builder = reqwest::Client::builder().timeout(config.timeout);
+    if let Some(ca) = &pems.ca {
+        let cert = reqwest::Certificate::from_pem(ca)
+            .map_err(|e| ExportSetupError::Tls(format!("ca_file: {e}")))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    if let Some((cert, key)) = &pems.identity {
+        let mut pem = cert.clone();
+        pem.push(b'\n');
+        pem.extend_from_slice(key);
+        let id = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| ExportSetupError::Tls(format!("cert_file/key_file: {e}")))?;
+        builder = builder.identity(id);
+    }
+    let client = builder
+        .build()
+        .map_err(|e| ExportSetupError::Build(e.to_string()))?;
+    let headers = config
+        .headers
+        .iter()
+        .filter_map(|(k, v)| {
+            let name = http::HeaderName::from_bytes(k.as_bytes()).ok()?;
+            let mut value = http::HeaderValue::from_str(v.expose()).ok()?;
+            value.set_sensitive(true);
+            Some((name, value))
+        })
+        .collect();
+    Ok(HttpBridge {
+        client,
+        runtime,
+        headers,
+    })
+}
+
+fn build_err(e: impl std::fmt::Display) -> ExportSetupError {
+    ExportSetupError::Build(e.to_string())
+}
+
+/// The metric exporter for `config`. Must be called inside the tokio runtime.
+pub fn metric_exporter(
+    config: &OtlpConfig,
+    status: Arc<SignalStatus>,
+) -> Result<Counted<opentelemetry_otlp::MetricExporter>, ExportSetupError> {
+    let pems = read_pems(&config.tls)?;
+    let temporality = match config.temporality {
+        Temporality::Cumulative => opentelemetry_sdk::metrics::Temporality::Cumulative,
+        Temporality::Delta => opentelemetry_sdk::metrics::Temporality::Delta,
+    };
+    let url = config.metrics_endpoint.expose().to_owned();
+    let builder = opentelemetry_otlp::MetricExporter::builder();
+    let inner = match config.protocol {
+        OtlpProtocol::Grpc => {
+            let mut b = builder
+                .with_tonic()
+                .with_endpoint(url.clone())
+                .with_timeout(config.timeout)
+                .with_interceptor(grpc_headers(&config.headers)?);
+            if is_https(&url) {
+                b = b.with_tls_config(tonic_tls(&pems));
+            }
+            if config.gzip {
+                b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
+            }
+            b.with_temporality(temporality).build().map_err(build_err)?
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let mut b = builder
+                .with_http()
+                .with_endpoint(url.clone())
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_timeout(config.timeout)
+                .with_http_client(http_bridge(
+                    config,
+                    &pems,
+                    tokio::runtime::Handle::current(),
+                )?);
+            if config.gzip {
+                b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
+            }
+            b.with_temporality(temporality).build().map_err(build_err)?
+        }
+    };
+    Ok(Counted { inner, status })
+}
+
+/// The span exporter for `config`. Must be called inside the tokio runtime.
+pub fn span_exporter(
+    config: &OtlpConfig,
+    status: Arc<SignalStatus>,
+) -> Result<Counted<opentelemetry_otlp::SpanExporter>, ExportSetupError> {
+    let pems = read_pems(&config.tls)?;
+    let url = config.traces_endpoint.expose().to_owned();
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    let inner = match config.protocol {
+        OtlpProtocol::Grpc => {
+            let mut b = builder
+                .with_tonic()
+                .with_endpoint(url.clone())
+                .with_timeout(config.timeout)
+                .with_interceptor(grpc_headers(&config.headers)?);
+            if is_https(&url) {
+                b = b.with_tls_config(tonic_tls(&pems));
+            }
+            if config.gzip {
+                b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
+            }
+            b.build().map_err(build_err)?
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let mut b = builder
+                .with_http()
+                .with_endpoint(url.clone())
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_timeout(config.timeout)
+                .with_http_client(http_bridge(
+                    config,
+                    &pems,
+                    tokio::runtime::Handle::current(),
+                )?);
+            if config.gzip {
+                b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
+            }
+            b.build().map_err(build_err)?
+        }
+    };
+    Ok(Counted { inner, status })
+}
