@@ -120,10 +120,6 @@ impl Runtime {
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
         let run_id: u64 = rand::random();
-        let mut telemetry = match &config.otlp {
-            Some(c) => Some(Telemetry::start(c, &config.environment)?),
-            None => None,
-        };
 
         let mut clients: HashMap<String, async_nats::Client> = HashMap::new();
         for (name, conn) in &config.connections {
@@ -203,6 +199,12 @@ impl Runtime {
         let inject_stop = CancellationToken::new();
         let catch_stop = CancellationToken::new();
         let server_stop = CancellationToken::new();
+        // After the connections, so a broker that cannot be reached does not
+        // leave exporters to stop.
+        let mut telemetry = match &config.otlp {
+            Some(c) => Some(Telemetry::start(c, &config.environment)?),
+            None => None,
+        };
         let mut probes = Vec::new();
         let mut others = JoinSet::new();
         let mut injectors = Vec::new();

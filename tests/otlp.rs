@@ -451,3 +451,130 @@ async fn a_receiver_that_is_down_does_not_disturb_probing_and_export_resumes() {
     );
     assert!(text.contains("OTLP export works again"), "{text}");
 }
+
+/// Kafka record headers and HTTP request headers carry the trace context too:
+/// with nothing in between, each consumer span is the producer span's child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_and_webhook_canaries_carry_their_trace_context() {
+    let rx = Receiver::start().await;
+    let text = format!(
+        "environment: test\nlisten: 127.0.0.1:0\nsigning_key: {KEY}\n\
+         export:\n  otlp: {{endpoint: 'http://{}', interval: 1s, traces: {{}}}}\n\
+         connections:\n  k:\n    kafka: {{brokers: embedded}}\n\
+         probes:\n\
+         \x20 - name: kafka\n    interval: 20ms\n\
+         \x20   inject: {{kafka: {{connection: k, topic: traced, partitions: all}}}}\n\
+         \x20   catch: {{kafka: {{connection: k, topic: traced}}}}\n\
+         \x20 - name: webhook\n    interval: 20ms\n\
+         \x20   inject: {{http: {{url: /hooks/webhook}}}}\n\
+         \x20   catch: {{http: {{}}}}\n",
+        rx.grpc
+    );
+    let cfg = chirp::config::load_str(&text, &HashMap::new()).unwrap();
+    let mut rt = common::start_counted(&cfg, 20).await;
+    rt.injection_done().await;
+    assert_eq!(rt.drain(Duration::from_secs(10)).await, 0);
+    let delivered: Vec<u64> = rt.probes.iter().map(|p| p.counts().delivered).collect();
+    rt.shutdown().await;
+
+    let spans = rx.received().spans();
+    for (i, probe) in ["kafka", "webhook"].into_iter().enumerate() {
+        let of = |kind: i32| -> Vec<_> {
+            spans
+                .iter()
+                .filter(|s| s.kind == kind && str_attr(&s.attributes, "probe") == Some(probe))
+                .cloned()
+                .collect()
+        };
+        let (producers, consumers) = (of(4), of(5));
+        assert_eq!(consumers.len() as u64, delivered[i], "{probe}");
+        assert!(delivered[i] >= 20, "{probe}: {delivered:?}");
+        for c in &consumers {
+            let p = producers
+                .iter()
+                .find(|p| p.span_id == c.parent_span_id)
+                .unwrap_or_else(|| {
+                    panic!("{probe}: a consumer span whose parent is no producer span")
+                });
+            assert_eq!(p.trace_id, c.trace_id);
+            assert_eq!(
+                int_attr(&p.attributes, "chirp.canary.seq"),
+                int_attr(&c.attributes, "chirp.canary.seq")
+            );
+        }
+    }
+}
+
+/// The binary, as deployed: `chirp run` on the shipped probes.yaml, with OTLP
+/// turned on by the standard environment variables alone. SIGTERM drains and
+/// exports once more, so the last export has every canary resolved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chirp_run_exports_by_environment_and_flushes_on_sigterm() {
+    let rx = Receiver::start().await;
+    let port = free_port();
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/probes.yaml");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chirp"))
+        .args([
+            "run",
+            "-c",
+            shipped,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{}", rx.http))
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "1000")
+        .env("OTEL_TRACES_SAMPLER", "always_on")
+        .env("OTEL_RESOURCE_ATTRIBUTES", "team=sre")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let r = &rx;
+    wait_for(
+        "deliveries and spans over OTLP",
+        Duration::from_secs(20),
+        || {
+            let got = r.received();
+            ["self-test", "kafka-selftest"]
+                .iter()
+                .all(|p| got.last_sum("chirp.canaries.delivered", p).unwrap_or(0.0) > 0.0)
+                && got.spans().iter().any(|s| s.kind == 5)
+        },
+    )
+    .await;
+    let before = rx.received().metrics.len();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let got = rx.received();
+    assert!(got.metrics.len() > before, "no export on shutdown");
+    for probe in ["self-test", "kafka-selftest"] {
+        let v = |name: &str| got.last_sum(name, probe).unwrap();
+        assert_eq!(
+            v("chirp.canaries.in_flight"),
+            0.0,
+            "{probe}: drained before the last export"
+        );
+        assert_eq!(
+            v("chirp.canaries.sent"),
+            v("chirp.canaries.delivered")
+                + v("chirp.canaries.lost")
+                + v("chirp.canaries.publish_failed"),
+            "{probe}"
+        );
+        assert!(v("chirp.canaries.delivered") > 0.0);
+    }
+    let resource = got.resource();
+    assert_eq!(str_attr(&resource, "team"), Some("sre"));
+    assert_eq!(str_attr(&resource, "service.name"), Some("chirp"));
+    assert_eq!(
+        str_attr(&resource, "deployment.environment.name"),
+        Some("local")
+    );
+}

@@ -151,20 +151,23 @@ fn resource(config: &OtlpConfig, environment: &str) -> Resource {
     Resource::builder_empty().with_attributes(attrs).build()
 }
 
-/// Latency instruments are base-2 exponential histograms (160 buckets, scale
-/// up to 20: about 0.3 % relative error), with exact min and max.
-fn exponential(i: &Instrument) -> Option<Stream> {
-    if !metrics::HISTOGRAMS.contains(&i.name()) {
-        return None;
-    }
-    Stream::builder()
-        .with_aggregation(Aggregation::Base2ExponentialHistogram {
+/// The most series one instrument keeps (the SDK's default, 2000, is
+/// reached by the quantile gauges of a probe on a 200-partition topic).
+const MAX_SERIES: usize = 1 << 16;
+
+/// Every instrument may have up to [`MAX_SERIES`] series; latency
+/// instruments are base-2 exponential histograms (160 buckets, scale up to
+/// 20: about 0.3 % relative error), with exact min and max.
+fn view(i: &Instrument) -> Option<Stream> {
+    let mut stream = Stream::builder().with_cardinality_limit(MAX_SERIES);
+    if metrics::HISTOGRAMS.contains(&i.name()) {
+        stream = stream.with_aggregation(Aggregation::Base2ExponentialHistogram {
             max_size: 160,
             max_scale: 20,
             record_min_max: true,
-        })
-        .build()
-        .ok()
+        });
+    }
+    stream.build().ok()
 }
 
 impl Telemetry {
@@ -182,7 +185,7 @@ impl Telemetry {
         let meters = SdkMeterProvider::builder()
             .with_resource(resource.clone())
             .with_reader(reader)
-            .with_view(exponential)
+            .with_view(view)
             .build();
         let scope = InstrumentationScope::builder("chirp")
             .with_version(env!("CARGO_PKG_VERSION"))
@@ -310,12 +313,13 @@ impl Telemetry {
         } = self;
         let flush = tokio::task::spawn_blocking(move || {
             if let Some(t) = tracers {
+                // A failed export is counted and logged by the exporter itself.
                 if let Err(e) = t.shutdown_with_timeout(timeout) {
-                    tracing::warn!(error = %e, "The last OTLP trace export failed.");
+                    tracing::debug!(error = %e, "OTLP trace export stopped with an error.");
                 }
             }
             if let Err(e) = meters.shutdown_with_timeout(timeout) {
-                tracing::warn!(error = %e, "The last OTLP metric export failed.");
+                tracing::debug!(error = %e, "OTLP metric export stopped with an error.");
             }
             drop(observers);
         });
