@@ -308,6 +308,49 @@ fn build_err(e: impl std::fmt::Display) -> ExportSetupError {
     ExportSetupError::Build(e.to_string())
 }
 
+/// Configures an opentelemetry-otlp exporter builder (metrics or spans: the
+/// two builder types share their methods but no trait) from `config`.
+macro_rules! configured {
+    ($builder:expr, $config:expr, $url:expr, $pems:expr) => {{
+        let (config, url, pems): (&OtlpConfig, &str, &Pems) = ($config, $url, $pems);
+        match config.protocol {
+            OtlpProtocol::Grpc => {
+                let mut b = $builder
+                    .with_tonic()
+                    .with_endpoint(url)
+                    .with_timeout(config.timeout)
+                    .with_interceptor(grpc_headers(&config.headers)?);
+                if is_https(url) {
+                    b = b.with_tls_config(tonic_tls(pems));
+                }
+                if config.gzip {
+                    b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
+                }
+                Builder::Grpc(b)
+            }
+            OtlpProtocol::HttpProtobuf => {
+                let client = http_bridge(config, pems, tokio::runtime::Handle::current())?;
+                let mut b = $builder
+                    .with_http()
+                    .with_endpoint(url)
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_timeout(config.timeout)
+                    .with_http_client(client);
+                if config.gzip {
+                    b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
+                }
+                Builder::Http(b)
+            }
+        }
+    }};
+}
+
+/// A configured builder of either transport.
+enum Builder<G, H> {
+    Grpc(G),
+    Http(H),
+}
+
 /// The metric exporter for `config`. Must be called inside the tokio runtime.
 pub fn metric_exporter(
     config: &OtlpConfig,
@@ -318,40 +361,13 @@ pub fn metric_exporter(
         Temporality::Cumulative => opentelemetry_sdk::metrics::Temporality::Cumulative,
         Temporality::Delta => opentelemetry_sdk::metrics::Temporality::Delta,
     };
-    let url = config.metrics_endpoint.expose().to_owned();
     let builder = opentelemetry_otlp::MetricExporter::builder();
-    let inner = match config.protocol {
-        OtlpProtocol::Grpc => {
-            let mut b = builder
-                .with_tonic()
-                .with_endpoint(url.clone())
-                .with_timeout(config.timeout)
-                .with_interceptor(grpc_headers(&config.headers)?);
-            if is_https(&url) {
-                b = b.with_tls_config(tonic_tls(&pems));
-            }
-            if config.gzip {
-                b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
-            }
-            b.with_temporality(temporality).build().map_err(build_err)?
-        }
-        OtlpProtocol::HttpProtobuf => {
-            let mut b = builder
-                .with_http()
-                .with_endpoint(url.clone())
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_timeout(config.timeout)
-                .with_http_client(http_bridge(
-                    config,
-                    &pems,
-                    tokio::runtime::Handle::current(),
-                )?);
-            if config.gzip {
-                b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
-            }
-            b.with_temporality(temporality).build().map_err(build_err)?
-        }
-    };
+    let url = config.metrics_endpoint.expose();
+    let inner = match configured!(builder, config, url, &pems) {
+        Builder::Grpc(b) => b.with_temporality(temporality).build(),
+        Builder::Http(b) => b.with_temporality(temporality).build(),
+    }
+    .map_err(build_err)?;
     Ok(Counted { inner, status })
 }
 
@@ -361,39 +377,12 @@ pub fn span_exporter(
     status: Arc<SignalStatus>,
 ) -> Result<Counted<opentelemetry_otlp::SpanExporter>, ExportSetupError> {
     let pems = read_pems(&config.tls)?;
-    let url = config.traces_endpoint.expose().to_owned();
     let builder = opentelemetry_otlp::SpanExporter::builder();
-    let inner = match config.protocol {
-        OtlpProtocol::Grpc => {
-            let mut b = builder
-                .with_tonic()
-                .with_endpoint(url.clone())
-                .with_timeout(config.timeout)
-                .with_interceptor(grpc_headers(&config.headers)?);
-            if is_https(&url) {
-                b = b.with_tls_config(tonic_tls(&pems));
-            }
-            if config.gzip {
-                b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
-            }
-            b.build().map_err(build_err)?
-        }
-        OtlpProtocol::HttpProtobuf => {
-            let mut b = builder
-                .with_http()
-                .with_endpoint(url.clone())
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_timeout(config.timeout)
-                .with_http_client(http_bridge(
-                    config,
-                    &pems,
-                    tokio::runtime::Handle::current(),
-                )?);
-            if config.gzip {
-                b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
-            }
-            b.build().map_err(build_err)?
-        }
-    };
+    let url = config.traces_endpoint.expose();
+    let inner = match configured!(builder, config, url, &pems) {
+        Builder::Grpc(b) => b.build(),
+        Builder::Http(b) => b.build(),
+    }
+    .map_err(build_err)?;
     Ok(Counted { inner, status })
 }

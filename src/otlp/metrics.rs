@@ -7,9 +7,11 @@
 use super::export::SignalStatus;
 use crate::probe::ledger::{Counts, FailureKind};
 use crate::probe::Probe;
+use crate::slo::{SliState, SloState};
 use crate::stats::Summary;
 use opentelemetry::metrics::{AsyncInstrument, Meter};
 use opentelemetry::KeyValue;
+use std::any::Any;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,7 +35,7 @@ struct LaneRow {
 
 struct SloRow {
     attrs: Vec<KeyValue>,
-    state: crate::slo::SloState,
+    state: SloState,
     threshold: Option<f64>,
 }
 
@@ -119,8 +121,208 @@ fn with(attrs: &[KeyValue], extra: impl IntoIterator<Item = KeyValue>) -> Vec<Ke
 
 /// Keeps the observable instruments registered.
 pub struct Observers {
-    _held: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    _held: Vec<Box<dyn Any + Send + Sync>>,
 }
+
+/// Registers observable instruments whose callbacks read one snapshot per collection.
+struct Registrar<'m> {
+    meter: &'m Meter,
+    snaps: Arc<Snapshots>,
+    held: Vec<Box<dyn Any + Send + Sync>>,
+}
+
+impl Registrar<'_> {
+    /// A monotonic counter.
+    fn counter(
+        &mut self,
+        name: &'static str,
+        unit: &'static str,
+        help: &'static str,
+        observe: impl Fn(&Rows, &dyn AsyncInstrument<u64>) + Send + Sync + 'static,
+    ) {
+        let s = Arc::clone(&self.snaps);
+        let c = self
+            .meter
+            .u64_observable_counter(name)
+            .with_unit(unit)
+            .with_description(help)
+            .with_callback(move |o| observe(&s.rows(), o))
+            .build();
+        self.held.push(Box::new(c));
+    }
+
+    fn gauge(
+        &mut self,
+        name: &'static str,
+        unit: &'static str,
+        help: &'static str,
+        observe: impl Fn(&Rows, &dyn AsyncInstrument<f64>) + Send + Sync + 'static,
+    ) {
+        let s = Arc::clone(&self.snaps);
+        let g = self
+            .meter
+            .f64_observable_gauge(name)
+            .with_unit(unit)
+            .with_description(help)
+            .with_callback(move |o| observe(&s.rows(), o))
+            .build();
+        self.held.push(Box::new(g));
+    }
+}
+
+type Pick = fn(&Counts) -> u64;
+const COUNTERS: [(&str, &str, &str, Pick); 9] = [
+    (
+        "chirp.canaries.sent",
+        "{canary}",
+        "Canaries sent (each ends delivered, lost or publish_failed, or is in flight).",
+        |c| c.sent,
+    ),
+    (
+        "chirp.canaries.delivered",
+        "{canary}",
+        "Canaries caught for the first time before their deadline.",
+        |c| c.delivered,
+    ),
+    (
+        "chirp.canaries.lost",
+        "{canary}",
+        "Canaries not caught by their deadline.",
+        |c| c.lost,
+    ),
+    (
+        "chirp.canaries.duplicate",
+        "{canary}",
+        "Catches of a canary that was already delivered.",
+        |c| c.duplicate,
+    ),
+    (
+        "chirp.canaries.late",
+        "{canary}",
+        "Catches of a canary after it was resolved as lost or publish_failed.",
+        |c| c.late,
+    ),
+    (
+        "chirp.canaries.reordered",
+        "{canary}",
+        "Delivered canaries caught after a higher sequence of the same probe.",
+        |c| c.reordered,
+    ),
+    (
+        "chirp.messages.foreign",
+        "{message}",
+        "Messages at the sink with a valid token of another run, instance or probe.",
+        |c| c.foreign,
+    ),
+    (
+        "chirp.messages.rejected",
+        "{message}",
+        "Messages at the sink with a bad signature or a malformed token.",
+        |c| c.rejected,
+    ),
+    (
+        "chirp.messages.unrelated",
+        "{message}",
+        "Messages at the sink with no canary token.",
+        |c| c.unrelated,
+    ),
+];
+
+type LanePick = fn(&LaneRow) -> f64;
+const LANE_GAUGES: [(&str, &str, &str, LanePick); 3] = [
+    (
+        "chirp.probe.up",
+        "",
+        "1 when the probe's inject and catch clients are connected.",
+        |r| if r.up { 1.0 } else { 0.0 },
+    ),
+    (
+        "chirp.probe.interval",
+        "s",
+        "Configured time between canaries.",
+        |r| r.interval,
+    ),
+    (
+        "chirp.probe.deadline",
+        "s",
+        "Configured deadline after which a canary is lost.",
+        |r| r.deadline,
+    ),
+];
+
+type QuantilePick = fn(&LaneRow) -> (Summary, Summary);
+const QUANTILES: [(&str, &str, QuantilePick); 2] = [
+    ("chirp.latency.quantile", "End-to-end latency percentiles from HDR histograms, over the last minute (window=1m) and since start (window=total).", |r| r.latency),
+    ("chirp.publish_latency.quantile", "Publish latency percentiles from HDR histograms.", |r| r.publish),
+];
+
+type SloTotal = fn(&SloState, &str) -> u64;
+/// (name, unit, help, per SLI, value)
+const SLO_TOTALS: [(&str, &str, &str, bool, SloTotal); 5] = [
+    (
+        "chirp.sli.events",
+        "{canary}",
+        "Canaries resolved (delivered, lost or publish_failed), per SLI.",
+        true,
+        |s, _| s.totals.events,
+    ),
+    (
+        "chirp.sli.good",
+        "{canary}",
+        "Resolved canaries that were good for the SLI.",
+        true,
+        |s, sli| {
+            if sli == "latency" {
+                s.totals.latency_good
+            } else {
+                s.totals.delivery_good
+            }
+        },
+    ),
+    (
+        "chirp.slo.slices.good",
+        "{slice}",
+        "Time slices in which every objective held.",
+        false,
+        |s, _| s.totals.slices_good,
+    ),
+    (
+        "chirp.slo.slices",
+        "{slice}",
+        "Time slices with data (good or bad).",
+        false,
+        |s, _| s.totals.slices_good + s.totals.slices_bad,
+    ),
+    (
+        "chirp.slo.slices.no_data",
+        "{slice}",
+        "Time slices in which no canary resolved.",
+        false,
+        |s, _| s.totals.slices_no_data,
+    ),
+];
+
+type SliPick = fn(&SliState) -> f64;
+const SLI_GAUGES: [(&str, &str, &str, SliPick); 3] = [
+    (
+        "chirp.slo.objective",
+        "1",
+        "The objective, as a ratio (0.999 for 99.9%).",
+        |x| x.objective,
+    ),
+    (
+        "chirp.slo.compliance",
+        "1",
+        "Good / resolved canaries over the SLO period, in this process.",
+        |x| x.compliance,
+    ),
+    (
+        "chirp.slo.error_budget.remaining",
+        "1",
+        "Share of the period's error budget left (negative when overspent).",
+        |x| x.error_budget_remaining,
+    ),
+];
 
 /// Registers every observed counter and gauge of `probes` on `meter`.
 pub fn observe(
@@ -135,185 +337,76 @@ pub fn observe(
         callbacks: std::sync::OnceLock::new(),
         last: Mutex::new(None),
     });
-    let mut held: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
-
-    type Pick = fn(&Counts) -> u64;
-    let counters: [(&'static str, &'static str, &'static str, Pick); 9] = [
-        (
-            "chirp.canaries.sent",
-            "{canary}",
-            "Canaries sent (each ends delivered, lost or publish_failed, or is in flight).",
-            |c| c.sent,
-        ),
-        (
-            "chirp.canaries.delivered",
-            "{canary}",
-            "Canaries caught for the first time before their deadline.",
-            |c| c.delivered,
-        ),
-        (
-            "chirp.canaries.lost",
-            "{canary}",
-            "Canaries not caught by their deadline.",
-            |c| c.lost,
-        ),
-        (
-            "chirp.canaries.duplicate",
-            "{canary}",
-            "Catches of a canary that was already delivered.",
-            |c| c.duplicate,
-        ),
-        (
-            "chirp.canaries.late",
-            "{canary}",
-            "Catches of a canary after it was resolved as lost or publish_failed.",
-            |c| c.late,
-        ),
-        (
-            "chirp.canaries.reordered",
-            "{canary}",
-            "Delivered canaries caught after a higher sequence of the same probe.",
-            |c| c.reordered,
-        ),
-        (
-            "chirp.messages.foreign",
-            "{message}",
-            "Messages at the sink with a valid token of another run, instance or probe.",
-            |c| c.foreign,
-        ),
-        (
-            "chirp.messages.rejected",
-            "{message}",
-            "Messages at the sink with a bad signature or a malformed token.",
-            |c| c.rejected,
-        ),
-        (
-            "chirp.messages.unrelated",
-            "{message}",
-            "Messages at the sink with no canary token.",
-            |c| c.unrelated,
-        ),
-    ];
-    for (name, unit, help, pick) in counters {
-        let s = Arc::clone(&snaps);
-        held.push(Box::new(
-            meter
-                .u64_observable_counter(name)
-                .with_unit(unit)
-                .with_description(help)
-                .with_callback(move |o| {
-                    for r in &s.rows().lanes {
-                        o.observe(pick(&r.counts), &r.attrs);
-                    }
-                })
-                .build(),
-        ));
+    let mut r = Registrar {
+        meter,
+        snaps: Arc::clone(&snaps),
+        held: Vec::new(),
+    };
+    for (name, unit, help, pick) in COUNTERS {
+        r.counter(name, unit, help, move |rows, o| {
+            for l in &rows.lanes {
+                o.observe(pick(&l.counts), &l.attrs);
+            }
+        });
     }
-    let s = Arc::clone(&snaps);
-    held.push(Box::new(
-        meter
-            .u64_observable_counter("chirp.canaries.publish_failed")
-            .with_unit("{canary}")
-            .with_description("Canaries the producer refused, by kind of failure (error.type).")
-            .with_callback(move |o| {
-                for r in &s.rows().lanes {
-                    for k in FailureKind::ALL {
-                        let attrs = with(&r.attrs, [KeyValue::new("error.type", k.as_str())]);
-                        o.observe(r.counts.failed(k), &attrs);
-                    }
+    r.counter(
+        "chirp.canaries.publish_failed",
+        "{canary}",
+        "Canaries the producer refused, by kind of failure (error.type).",
+        |rows, o| {
+            for l in &rows.lanes {
+                for k in FailureKind::ALL {
+                    let attrs = with(&l.attrs, [KeyValue::new("error.type", k.as_str())]);
+                    o.observe(l.counts.failed(k), &attrs);
                 }
-            })
-            .build(),
-    ));
+            }
+        },
+    );
     let s = Arc::clone(&snaps);
-    held.push(Box::new(
+    r.held.push(Box::new(
         meter
             .i64_observable_up_down_counter("chirp.canaries.in_flight")
             .with_unit("{canary}")
             .with_description("Canaries sent and not yet resolved.")
             .with_callback(move |o| {
-                for r in &s.rows().lanes {
+                for l in &s.rows().lanes {
                     o.observe(
-                        i64::try_from(r.counts.in_flight).unwrap_or(i64::MAX),
-                        &r.attrs,
+                        i64::try_from(l.counts.in_flight).unwrap_or(i64::MAX),
+                        &l.attrs,
                     );
                 }
             })
             .build(),
     ));
-
-    type Lane = fn(&LaneRow) -> f64;
-    let lane_gauges: [(&'static str, &'static str, &'static str, Lane); 3] = [
-        (
-            "chirp.probe.up",
-            "",
-            "1 when the probe's inject and catch clients are connected.",
-            |r| if r.up { 1.0 } else { 0.0 },
-        ),
-        (
-            "chirp.probe.interval",
-            "s",
-            "Configured time between canaries.",
-            |r| r.interval,
-        ),
-        (
-            "chirp.probe.deadline",
-            "s",
-            "Configured deadline after which a canary is lost.",
-            |r| r.deadline,
-        ),
-    ];
-    for (name, unit, help, pick) in lane_gauges {
-        let s = Arc::clone(&snaps);
-        held.push(Box::new(
-            meter
-                .f64_observable_gauge(name)
-                .with_unit(unit)
-                .with_description(help)
-                .with_callback(move |o| {
-                    for r in &s.rows().lanes {
-                        o.observe(pick(r), &r.attrs);
-                    }
-                })
-                .build(),
-        ));
+    for (name, unit, help, pick) in LANE_GAUGES {
+        r.gauge(name, unit, help, move |rows, o| {
+            for l in &rows.lanes {
+                o.observe(pick(l), &l.attrs);
+            }
+        });
     }
-    type Quantiles = fn(&LaneRow) -> (Summary, Summary);
-    let quantiles: [(&'static str, &'static str, Quantiles); 2] = [
-        ("chirp.latency.quantile", "End-to-end latency percentiles from HDR histograms, over the last minute (window=1m) and since start (window=total).", |r| r.latency),
-        ("chirp.publish_latency.quantile", "Publish latency percentiles from HDR histograms.", |r| r.publish),
-    ];
-    for (name, help, pick) in quantiles {
-        let s = Arc::clone(&snaps);
-        held.push(Box::new(
-            meter
-                .f64_observable_gauge(name)
-                .with_unit("s")
-                .with_description(help)
-                .with_callback(move |o| {
-                    for r in &s.rows().lanes {
-                        let (window, total) = pick(r);
-                        observe_quantiles(o, &r.attrs, "1m", &window);
-                        observe_quantiles(o, &r.attrs, "total", &total);
-                    }
-                })
-                .build(),
-        ));
+    for (name, help, pick) in QUANTILES {
+        r.gauge(name, "s", help, move |rows, o| {
+            for l in &rows.lanes {
+                let (window, total) = pick(l);
+                observe_quantiles(o, &l.attrs, "1m", &window);
+                observe_quantiles(o, &l.attrs, "total", &total);
+            }
+        });
     }
-    observe_slo(meter, &snaps, &mut held);
+    observe_slo(&mut r);
     // Every instrument so far reads the snapshot.
-    let _ = snaps.callbacks.set(held.len() as u64);
+    let _ = snaps.callbacks.set(r.held.len() as u64);
 
-    for (name, unit, help, failures) in [
+    let mut held = r.held;
+    for (name, help, failures) in [
         (
             "chirp.otlp.exports",
-            "{export}",
             "OTLP export attempts, by signal.",
             false,
         ),
         (
             "chirp.otlp.export.failures",
-            "{export}",
             "OTLP exports that failed (collector unreachable, slow or refusing), by signal.",
             true,
         ),
@@ -322,7 +415,7 @@ pub fn observe(
         held.push(Box::new(
             meter
                 .u64_observable_counter(name)
-                .with_unit(unit)
+                .with_unit("{export}")
                 .with_description(help)
                 .with_callback(move |o| {
                     for st in &status {
@@ -361,163 +454,70 @@ fn observe_quantiles(
     }
 }
 
-fn observe_slo(
-    meter: &Meter,
-    snaps: &Arc<Snapshots>,
-    held: &mut Vec<Box<dyn std::any::Any + Send + Sync>>,
-) {
-    type Total = fn(&crate::slo::SloState, &'static str) -> u64;
-    let totals: [(&'static str, &'static str, &'static str, bool, Total); 5] = [
-        (
-            "chirp.sli.events",
-            "{canary}",
-            "Canaries resolved (delivered, lost or publish_failed), per SLI.",
-            true,
-            |s, _| s.totals.events,
-        ),
-        (
-            "chirp.sli.good",
-            "{canary}",
-            "Resolved canaries that were good for the SLI.",
-            true,
-            |s, sli| {
-                if sli == "latency" {
-                    s.totals.latency_good
+fn observe_slo(r: &mut Registrar) {
+    for (name, unit, help, per_sli, pick) in SLO_TOTALS {
+        r.counter(name, unit, help, move |rows, o| {
+            for s in &rows.slos {
+                if per_sli {
+                    for x in &s.state.slis {
+                        let a = with(&s.attrs, [KeyValue::new("sli", x.sli)]);
+                        o.observe(pick(&s.state, x.sli), &a);
+                    }
                 } else {
-                    s.totals.delivery_good
+                    o.observe(pick(&s.state, ""), &s.attrs);
                 }
-            },
-        ),
-        (
-            "chirp.slo.slices.good",
-            "{slice}",
-            "Time slices in which every objective held.",
-            false,
-            |s, _| s.totals.slices_good,
-        ),
-        (
-            "chirp.slo.slices",
-            "{slice}",
-            "Time slices with data (good or bad).",
-            false,
-            |s, _| s.totals.slices_good + s.totals.slices_bad,
-        ),
-        (
-            "chirp.slo.slices.no_data",
-            "{slice}",
-            "Time slices in which no canary resolved.",
-            false,
-            |s, _| s.totals.slices_no_data,
-        ),
-    ];
-    for (name, unit, help, per_sli, pick) in totals {
-        let s = Arc::clone(snaps);
-        held.push(Box::new(
-            meter
-                .u64_observable_counter(name)
-                .with_unit(unit)
-                .with_description(help)
-                .with_callback(move |o| {
-                    for r in &s.rows().slos {
-                        if per_sli {
-                            for x in &r.state.slis {
-                                let a = with(&r.attrs, [KeyValue::new("sli", x.sli)]);
-                                o.observe(pick(&r.state, x.sli), &a);
-                            }
-                        } else {
-                            o.observe(pick(&r.state, ""), &r.attrs);
-                        }
-                    }
-                })
-                .build(),
-        ));
+            }
+        });
     }
-    type PerSli = fn(&crate::slo::SliState) -> f64;
-    let gauges: [(&'static str, &'static str, &'static str, PerSli); 3] = [
-        (
-            "chirp.slo.objective",
-            "1",
-            "The objective, as a ratio (0.999 for 99.9%).",
-            |x| x.objective,
-        ),
-        (
-            "chirp.slo.compliance",
-            "1",
-            "Good / resolved canaries over the SLO period, in this process.",
-            |x| x.compliance,
-        ),
-        (
-            "chirp.slo.error_budget.remaining",
-            "1",
-            "Share of the period's error budget left (negative when overspent).",
-            |x| x.error_budget_remaining,
-        ),
-    ];
-    for (name, unit, help, pick) in gauges {
-        let s = Arc::clone(snaps);
-        held.push(Box::new(
-            meter
-                .f64_observable_gauge(name)
-                .with_unit(unit)
-                .with_description(help)
-                .with_callback(move |o| {
-                    for r in &s.rows().slos {
-                        for x in &r.state.slis {
-                            o.observe(pick(x), &with(&r.attrs, [KeyValue::new("sli", x.sli)]));
-                        }
-                    }
-                })
-                .build(),
-        ));
+    for (name, unit, help, pick) in SLI_GAUGES {
+        r.gauge(name, unit, help, move |rows, o| {
+            for s in &rows.slos {
+                for x in &s.state.slis {
+                    o.observe(pick(x), &with(&s.attrs, [KeyValue::new("sli", x.sli)]));
+                }
+            }
+        });
     }
-    let s = Arc::clone(snaps);
-    held.push(Box::new(
-        meter
-            .f64_observable_gauge("chirp.slo.burn_rate")
-            .with_description("Bad share over the window divided by the allowed bad share.")
-            .with_callback(move |o| {
-                for r in &s.rows().slos {
-                    for x in &r.state.slis {
-                        for (w, b) in &x.burn_rates {
-                            let a = with(
-                                &r.attrs,
-                                [KeyValue::new("sli", x.sli), KeyValue::new("window", *w)],
-                            );
-                            o.observe(*b, &a);
-                        }
+    r.gauge(
+        "chirp.slo.burn_rate",
+        "",
+        "Bad share over the window divided by the allowed bad share.",
+        |rows, o| {
+            for s in &rows.slos {
+                for x in &s.state.slis {
+                    for (w, b) in &x.burn_rates {
+                        let a = with(
+                            &s.attrs,
+                            [KeyValue::new("sli", x.sli), KeyValue::new("window", *w)],
+                        );
+                        o.observe(*b, &a);
                     }
                 }
-            })
-            .build(),
-    ));
-    let s = Arc::clone(snaps);
-    held.push(Box::new(
-        meter
-            .f64_observable_gauge("chirp.slo.slice_compliance")
-            .with_unit("1")
-            .with_description(
-                "Good slices / slices with data over the SLO period, in this process.",
-            )
-            .with_callback(move |o| {
-                for r in &s.rows().slos {
-                    o.observe(r.state.slice_compliance, &r.attrs);
-                }
-            })
-            .build(),
-    ));
-    let s = Arc::clone(snaps);
-    held.push(Box::new(
-        meter
-            .f64_observable_gauge("chirp.slo.latency_threshold")
-            .with_unit("s")
-            .with_description("The latency SLI's threshold.")
-            .with_callback(move |o| {
-                for r in &s.rows().slos {
-                    if let Some(t) = r.threshold {
-                        o.observe(t, &r.attrs);
-                    }
-                }
-            })
-            .build(),
-    ));
+            }
+        },
+    );
+    r.gauge(
+        "chirp.slo.slice_compliance",
+        "1",
+        "Good slices / slices with data over the SLO period, in this process.",
+        |rows, o| {
+            for s in &rows.slos {
+                o.observe(s.state.slice_compliance, &s.attrs);
+            }
+        },
+    );
+    r.gauge(
+        "chirp.slo.latency_threshold",
+        "s",
+        "The latency SLI's threshold.",
+        |rows, o| {
+            for s in rows
+                .slos
+                .iter()
+                .filter_map(|s| s.threshold.map(|t| (t, &s.attrs)))
+            {
+                o.observe(s.0, s.1);
+            }
+        },
+    );
 }
