@@ -441,15 +441,22 @@ async fn a_receiver_that_is_down_does_not_disturb_probing_and_export_resumes() {
     );
 
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let endpoint = format!("endpoint=http://127.0.0.1:{port}");
     let warnings = text
         .lines()
+        // Other tests of this binary may log too: keep this test's endpoint.
+        .filter(|l| l.contains(&endpoint))
         .filter(|l| l.contains("OTLP export failed"))
         .count();
     assert_eq!(
         warnings, 1,
         "one warning for the whole outage, not one per export:\n{text}"
     );
-    assert!(text.contains("OTLP export works again"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&endpoint) && l.contains("OTLP export works again")),
+        "{text}"
+    );
 }
 
 /// Kafka record headers and HTTP request headers carry the trace context too:
@@ -576,5 +583,40 @@ async fn chirp_run_exports_by_environment_and_flushes_on_sigterm() {
     assert_eq!(
         str_attr(&resource, "deployment.environment.name"),
         Some("local")
+    );
+}
+
+/// A collector that answers but refuses every export (HTTP 400): each
+/// refusal is counted, probing is untouched, and the export at shutdown goes
+/// through once the collector accepts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_refuses_exports_is_counted_and_probing_goes_on() {
+    let nats = NatsServer::start();
+    let rx = Receiver::start().await;
+    rx.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    let otlp = format!(
+        "    endpoint: http://{}\n    protocol: http/protobuf\n    interval: 1s",
+        rx.http
+    );
+    let cfg = config(&nats.url(), &otlp, &loopback_probe("refused", "20ms"));
+    let mut rt = common::start_counted(&cfg, 150).await;
+    rt.injection_done().await;
+    assert_eq!(rt.drain(Duration::from_secs(10)).await, 0);
+    let counts = rt.probes[0].counts();
+    assert_eq!((counts.delivered, counts.lost), (150, 0));
+    let text = metrics_text(rt.addr).await;
+    let failed = text
+        .lines()
+        .find(|l| l.starts_with("chirp_otlp_export_failures_total{signal=\"metrics\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(failed >= 2.0, "refused exports are counted:\n{text}");
+    assert!(rx.received().metrics.is_empty());
+    rx.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    rt.shutdown().await;
+    let got = rx.received();
+    assert_eq!(
+        got.last_sum("chirp.canaries.delivered", "refused"),
+        Some(150.0)
     );
 }

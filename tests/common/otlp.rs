@@ -22,6 +22,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
@@ -76,6 +77,8 @@ impl TraceService for Grpc {
 pub struct Receiver {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// While set, the HTTP endpoints answer 400 Bad Request and keep nothing.
+    pub refuse: Arc<AtomicBool>,
     data: Shared,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -114,13 +117,18 @@ impl Receiver {
         });
 
         let (d1, d2) = (Arc::clone(&data), Arc::clone(&data));
+        let refuse = Arc::new(AtomicBool::new(false));
+        let (r1, r2) = (Arc::clone(&refuse), Arc::clone(&refuse));
         let app = axum::Router::new()
             .route(
                 "/v1/metrics",
                 axum::routing::post(
                     move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                        let d = Arc::clone(&d1);
+                        let (d, refused) = (Arc::clone(&d1), r1.load(Ordering::SeqCst));
                         async move {
+                            if refused {
+                                return bad_request();
+                            }
                             let req = ExportMetricsServiceRequest::decode(body)
                                 .expect("protobuf metrics");
                             let mut r = d.lock().unwrap();
@@ -135,8 +143,11 @@ impl Receiver {
                 "/v1/traces",
                 axum::routing::post(
                     move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                        let d = Arc::clone(&d2);
+                        let (d, refused) = (Arc::clone(&d2), r2.load(Ordering::SeqCst));
                         async move {
+                            if refused {
+                                return bad_request();
+                            }
                             let req =
                                 ExportTraceServiceRequest::decode(body).expect("protobuf traces");
                             let mut r = d.lock().unwrap();
@@ -157,6 +168,7 @@ impl Receiver {
         Receiver {
             grpc,
             http,
+            refuse,
             data,
             stop,
             tasks: vec![grpc_task, http_task],
@@ -181,6 +193,13 @@ fn header_key(h: &axum::http::HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned()
+}
+
+fn bad_request() -> axum::response::Response {
+    axum::response::Response::builder()
+        .status(400)
+        .body(axum::body::Body::from("refused by the test"))
+        .unwrap()
 }
 
 fn protobuf(body: Vec<u8>) -> axum::response::Response {
