@@ -2,6 +2,8 @@
 //! It sends signed canaries into a pipeline, catches them where the pipeline
 //! hands them out, and reports what happened to every one of them.
 #![forbid(unsafe_code)]
+// A panic is a crash at 3 a.m.: production code handles every error; only tests unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod canary;
 pub mod config;

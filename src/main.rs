@@ -1,6 +1,8 @@
 //! The `chirp` binary: parses the command line, sets up logging, dispatches,
 //! and maps outcomes to exit codes (0 ok, 1 an objective failed, 2 usage or
 //! configuration error, 3 a target could not be reached).
+// A panic is a crash at 3 a.m.: production code handles every error; only tests unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use anyhow::Context;
 use chirp::config::{self, Config, ProcessEnv};

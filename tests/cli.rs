@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const CHIRP: &str = env!("CARGO_BIN_EXE_chirp");
+use common::CHIRP;
 
 fn write_config(text: &str) -> tempfile_path::Path {
     let p = tempfile_path::Path::new();
@@ -71,16 +71,7 @@ fn validate_prints_every_mistake_with_its_place_and_exits_2() {
 #[test]
 fn validate_accepts_the_shipped_configuration() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/probes.yaml");
-    let out = Command::new(CHIRP)
-        .args(["validate", "-c", shipped])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::exits(Command::new(CHIRP).args(["validate", "-c", shipped]), 0);
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 probes"));
 }
 
@@ -144,16 +135,11 @@ fn check_passes_on_a_healthy_loop_and_fails_an_impossible_p99() {
 #[test]
 fn check_exits_3_when_the_broker_cannot_be_reached() {
     let cfg = write_config(&nats_config(&format!("nats://127.0.0.1:{}", free_port())));
-    let out = Command::new(CHIRP)
-        .args(["check", "--count", "5", "-c"])
-        .arg(&cfg.0)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::exits(
+        Command::new(CHIRP)
+            .args(["check", "--count", "5", "-c"])
+            .arg(&cfg.0),
+        3,
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("connection `main`"));
 }
@@ -280,26 +266,21 @@ fn run_with_the_shipped_config_serves_growing_counts_and_stops_on_sigterm() {
 #[test]
 fn check_for_a_duration_on_the_self_test_loop() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/probes.yaml");
-    let out = Command::new(CHIRP)
-        .args([
-            "check",
-            "-c",
-            shipped,
-            "--listen",
-            "127.0.0.1:0",
-            "--duration",
-            "1s",
-            "--probe",
-            "self-test",
-        ])
-        .args(["--max-loss", "0%", "--format", "json"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::exits(
+        Command::new(CHIRP)
+            .args([
+                "check",
+                "-c",
+                shipped,
+                "--listen",
+                "127.0.0.1:0",
+                "--duration",
+                "1s",
+                "--probe",
+                "self-test",
+            ])
+            .args(["--max-loss", "0%", "--format", "json"]),
+        0,
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     let c = &v["probes"][0]["counts"];

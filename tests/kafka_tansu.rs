@@ -25,27 +25,22 @@ async fn check_on_tansu_reports_partitions_and_passes() {
         tansu.bootstrap()
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_chirp"))
-        .args([
-            "check",
-            "--count",
-            "500",
-            "--max-loss",
-            "0%",
-            "--format",
-            "json",
-            "-c",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_file(&path);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::exits(
+        Command::new(common::CHIRP)
+            .args([
+                "check",
+                "--count",
+                "500",
+                "--max-loss",
+                "0%",
+                "--format",
+                "json",
+                "-c",
+            ])
+            .arg(&path),
+        0,
     );
+    let _ = std::fs::remove_file(&path);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     let p = &v["probes"][0];
     assert_eq!(p["counts"]["sent"], 500 * PARTITIONS as u64, "{v}");
@@ -254,7 +249,7 @@ fn check_exits_3_when_the_topic_does_not_exist() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_chirp"))
+    let out = Command::new(common::CHIRP)
         .args(["check", "--count", "5", "-c"])
         .arg(&path)
         .output()

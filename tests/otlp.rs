@@ -41,6 +41,14 @@ fn scraped(text: &str, series: &str, probe: &str) -> f64 {
         .sum()
 }
 
+/// `name{signal="metrics"}` on `/metrics`, 0 when absent.
+fn otlp_counter(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{signal=\"metrics\"}}")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 async fn metrics_text(addr: std::net::SocketAddr) -> String {
     reqwest::get(format!("http://{addr}/metrics"))
         .await
@@ -75,7 +83,7 @@ async fn grpc_metrics_equal_the_ledger_and_the_metrics_endpoint() {
     assert_eq!(rt.drain(Duration::from_secs(10)).await, 0);
     let probe = Arc::clone(&rt.probes[0]);
     let counts = probe.counts();
-    assert_eq!(counts.sent, 150);
+    assert_eq!((counts.sent, counts.delivered, counts.lost), (150, 150, 0));
     let hdr = probe
         .snapshot(tokio::time::Instant::now())
         .latency
@@ -373,12 +381,7 @@ async fn a_receiver_that_is_down_does_not_disturb_probing_and_export_resumes() {
         .expect("chirp starts");
     rt.ready().await;
     let addr = rt.addr;
-    let failed = |text: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with("chirp_otlp_export_failures_total{signal=\"metrics\"}"))
-            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
-            .unwrap_or(0.0)
-    };
+    let failed = |text: &str| otlp_counter(text, "chirp_otlp_export_failures_total");
     wait_for_async(
         "two failed exports",
         Duration::from_secs(15),
@@ -481,7 +484,15 @@ async fn kafka_and_webhook_canaries_carry_their_trace_context() {
     let mut rt = common::start_counted(&cfg, 20).await;
     rt.injection_done().await;
     assert_eq!(rt.drain(Duration::from_secs(10)).await, 0);
-    let delivered: Vec<u64> = rt.probes.iter().map(|p| p.counts().delivered).collect();
+    // (sent, delivered); 20 canaries per lane (per partition for Kafka).
+    let counts: Vec<(u64, u64)> = rt
+        .probes
+        .iter()
+        .map(|p| {
+            assert_eq!(p.counts().sent, 20 * p.lanes().len() as u64, "{}", p.name());
+            (p.counts().sent, p.counts().delivered)
+        })
+        .collect();
     rt.shutdown().await;
 
     let spans = rx.received().spans();
@@ -494,8 +505,10 @@ async fn kafka_and_webhook_canaries_carry_their_trace_context() {
                 .collect()
         };
         let (producers, consumers) = (of(4), of(5));
-        assert_eq!(consumers.len() as u64, delivered[i], "{probe}");
-        assert!(delivered[i] >= 20, "{probe}: {delivered:?}");
+        let (sent, delivered) = counts[i];
+        assert_eq!(delivered, sent, "{probe}: {counts:?}");
+        assert_eq!(producers.len() as u64, sent, "{probe}");
+        assert_eq!(consumers.len() as u64, delivered, "{probe}");
         for c in &consumers {
             let p = producers
                 .iter()
@@ -520,7 +533,7 @@ async fn chirp_run_exports_by_environment_and_flushes_on_sigterm() {
     let rx = Receiver::start().await;
     let port = free_port();
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/probes.yaml");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chirp"))
+    let mut child = std::process::Command::new(common::CHIRP)
         .args([
             "run",
             "-c",
@@ -605,12 +618,14 @@ async fn a_collector_that_refuses_exports_is_counted_and_probing_goes_on() {
     let counts = rt.probes[0].counts();
     assert_eq!((counts.delivered, counts.lost), (150, 0));
     let text = metrics_text(rt.addr).await;
-    let failed = text
-        .lines()
-        .find(|l| l.starts_with("chirp_otlp_export_failures_total{signal=\"metrics\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let failed = otlp_counter(&text, "chirp_otlp_export_failures_total");
     assert!(failed >= 2.0, "refused exports are counted:\n{text}");
+    // Every attempt so far was refused.
+    assert_eq!(
+        otlp_counter(&text, "chirp_otlp_exports_total"),
+        failed,
+        "{text}"
+    );
     assert!(rx.received().metrics.is_empty());
     rx.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
     rt.shutdown().await;

@@ -101,7 +101,7 @@ async fn prometheus_records_the_same_compliance_as_chirp() {
         ),
     )
     .unwrap();
-    let rules = Command::new(env!("CARGO_BIN_EXE_chirp"))
+    let rules = Command::new(common::CHIRP)
         .args(["rules", "-c"])
         .arg(&cfg)
         .output()
@@ -118,7 +118,7 @@ async fn prometheus_records_the_same_compliance_as_chirp() {
     .unwrap();
 
     let _chirp = Kill(
-        Command::new(env!("CARGO_BIN_EXE_chirp"))
+        Command::new(common::CHIRP)
             .args(["run", "-c"])
             .arg(&cfg)
             .stdout(Stdio::null())

@@ -2,6 +2,8 @@
 //! repository (`docs/check-report.schema.json`), on the shipped config (a
 //! webhook probe and a per-partition Kafka probe, both with SLOs).
 
+mod common;
+
 use std::process::Command;
 
 fn validator() -> (boon::Schemas, boon::SchemaIndex) {
@@ -22,24 +24,19 @@ fn validator() -> (boon::Schemas, boon::SchemaIndex) {
 #[test]
 fn check_json_matches_the_schema() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/probes.yaml");
-    let out = Command::new(env!("CARGO_BIN_EXE_chirp"))
-        .args([
-            "check",
-            "-c",
-            shipped,
-            "--listen",
-            "127.0.0.1:0",
-            "--count",
-            "4",
-        ])
-        .args(["--max-loss", "1%", "--max-p99", "5s", "--format", "json"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::exits(
+        Command::new(common::CHIRP)
+            .args([
+                "check",
+                "-c",
+                shipped,
+                "--listen",
+                "127.0.0.1:0",
+                "--count",
+                "4",
+            ])
+            .args(["--max-loss", "1%", "--max-p99", "5s", "--format", "json"]),
+        0,
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let (schemas, index) = validator();

@@ -8,7 +8,7 @@ use common::KEY;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const CHIRP: &str = env!("CARGO_BIN_EXE_chirp");
+use common::CHIRP;
 
 fn promtool() -> PathBuf {
     std::env::var_os("PATH")
@@ -38,17 +38,7 @@ fn generate(dir: &Path) -> serde_yaml::Value {
         ),
     )
     .unwrap();
-    let out = Command::new(CHIRP)
-        .args(["rules", "-c"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::exits(Command::new(CHIRP).args(["rules", "-c"]).arg(&cfg), 0);
     std::fs::write(dir.join("rules.yml"), &out.stdout).unwrap();
     serde_yaml::from_slice(&out.stdout).expect("rules are YAML")
 }

@@ -9,7 +9,7 @@ use quick_xml::events::Event;
 use std::io::Write;
 use std::process::Command;
 
-const CHIRP: &str = env!("CARGO_BIN_EXE_chirp");
+use common::CHIRP;
 
 /// (classname, name, failure message) of every test case.
 fn junit_cases(xml: &str) -> Vec<(String, String, Option<String>)> {
@@ -63,17 +63,11 @@ fn met_objectives_pass_and_a_missed_one_fails_with_measured_vs_target() {
         nats.url()
     ));
     // The healthy probe alone meets its objectives.
-    let out = Command::new(CHIRP)
-        .args(["check", "--count", "100", "--probe", "healthy", "-c"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::exits(
+        Command::new(CHIRP)
+            .args(["check", "--count", "100", "--probe", "healthy", "-c"])
+            .arg(&cfg),
+        0,
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -87,18 +81,13 @@ fn met_objectives_pass_and_a_missed_one_fails_with_measured_vs_target() {
 
     // Nothing relays d.in to d.out: every canary of `dropping` is lost.
     let junit = std::env::temp_dir().join(format!("chirp-junit-{}.xml", std::process::id()));
-    let out = Command::new(CHIRP)
-        .args(["check", "--count", "20", "--format", "junit", "--output"])
-        .arg(&junit)
-        .arg("-c")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::exits(
+        Command::new(CHIRP)
+            .args(["check", "--count", "20", "--format", "junit", "--output"])
+            .arg(&junit)
+            .arg("-c")
+            .arg(&cfg),
+        1,
     );
     let xml = std::fs::read_to_string(&junit).unwrap();
     let _ = std::fs::remove_file(&junit);
@@ -130,16 +119,11 @@ fn a_run_over_several_slices_reports_each_slice() {
     let cfg = write(&format!(
         "listen: 127.0.0.1:0\nsigning_key: {KEY}\nprobes:\n  - name: loop\n    interval: 50ms\n    deadline: 1s\n    inject: {{http: {{url: /hooks/loop}}}}\n    catch: {{http: {{}}}}\n    slo:\n      delivery: {{objective: 99%}}\n      slice: 1s\n      period: 1h\n"
     ));
-    let out = Command::new(CHIRP)
-        .args(["check", "--duration", "3500ms", "--format", "json", "-c"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::exits(
+        Command::new(CHIRP)
+            .args(["check", "--duration", "3500ms", "--format", "json", "-c"])
+            .arg(&cfg),
+        0,
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let slo = &v["probes"][0]["slo"];

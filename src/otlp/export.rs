@@ -10,7 +10,7 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 pub struct SignalStatus {
     pub signal: &'static str,
     endpoint: String,
-    exports: AtomicU64,
-    failures: AtomicU64,
+    /// (exports, failures), updated together so a scrape never sees one without the other.
+    counts: Mutex<(u64, u64)>,
     failing: AtomicBool,
     last_warning: Mutex<Option<Instant>>,
 }
@@ -33,34 +33,33 @@ impl SignalStatus {
         SignalStatus {
             signal,
             endpoint,
-            exports: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
+            counts: Mutex::new((0, 0)),
             failing: AtomicBool::new(false),
             last_warning: Mutex::new(None),
         }
     }
 
-    /// Export attempts so far (each may include the exporter's own retries).
-    pub fn exports(&self) -> u64 {
-        self.exports.load(Ordering::Relaxed)
-    }
-
-    /// Attempts that did not reach the collector, or that it refused.
-    pub fn failures(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
+    /// Export attempts so far (each may include the exporter's own retries),
+    /// and those that did not reach the collector or that it refused.
+    pub fn counts(&self) -> (u64, u64) {
+        *self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Counts one export and logs the changes between working and failing.
     fn note(&self, result: &OTelSdkResult) {
-        self.exports.fetch_add(1, Ordering::Relaxed);
+        let (_, n) = {
+            let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            c.0 += 1;
+            c.1 += u64::from(result.is_err());
+            *c
+        };
         match result {
             Ok(()) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!(signal = self.signal, endpoint = %self.endpoint, failures = self.failures(), "OTLP export works again.");
+                    tracing::info!(signal = self.signal, endpoint = %self.endpoint, failures = n, "OTLP export works again.");
                 }
             }
             Err(e) => {
-                let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
                 let first = !self.failing.swap(true, Ordering::Relaxed);
                 let mut last = self.last_warning.lock().unwrap_or_else(|p| p.into_inner());
                 if first || last.is_none_or(|t| t.elapsed() >= REMIND_EVERY) {

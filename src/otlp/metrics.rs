@@ -419,11 +419,8 @@ pub fn observe(
                 .with_description(help)
                 .with_callback(move |o| {
                     for st in &status {
-                        let v = if failures {
-                            st.failures()
-                        } else {
-                            st.exports()
-                        };
+                        let (exports, failed) = st.counts();
+                        let v = if failures { failed } else { exports };
                         o.observe(v, &[KeyValue::new("signal", st.signal)]);
                     }
                 })

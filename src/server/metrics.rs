@@ -272,10 +272,13 @@ impl Collector for ProbeCollector {
         )?;
         encode_slo(e, &slos)?;
         if !self.otlp.is_empty() {
+            // One reading per signal, so the two counters agree in a scrape.
+            let counts: Vec<(&str, (u64, u64))> =
+                self.otlp.iter().map(|s| (s.signal, s.counts())).collect();
             let rows = |failures: bool| {
-                self.otlp.iter().map(move |s| {
-                    let v = if failures { s.failures() } else { s.exports() };
-                    (vec![("signal", s.signal.to_owned())], v)
+                counts.iter().map(move |(signal, (exports, failed))| {
+                    let v = if failures { *failed } else { *exports };
+                    (vec![("signal", (*signal).to_owned())], v)
                 })
             };
             counter(

@@ -12,6 +12,22 @@ use std::time::{Duration, Instant};
 
 pub const KEY: &str = "test-signing-key-0123456789";
 
+/// The chirp binary built for these tests.
+pub const CHIRP: &str = env!("CARGO_BIN_EXE_chirp");
+
+/// Runs `cmd` to its end; panics with its output unless it exits with `code`.
+pub fn exits(cmd: &mut Command, code: i32) -> std::process::Output {
+    let out = cmd.output().expect("cannot run chirp");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; the OS does not hand it out again at once).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
