@@ -4,16 +4,16 @@
 //! tansu broker, in one run. Run with `cargo bench --bench kafka_baseline`
 //! (tansu must be installed; see scripts/test). Figures only, no assertions.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-use common::kafka::{create_topics, Mock, Tansu};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use std::time::Duration;
+use support::brokers::{create_topics, Mock, Tansu};
 use tokio::time::Instant;
 
 const COUNT: u64 = 2000;
@@ -96,17 +96,17 @@ async fn raw_loop(bootstrap: &str, topic: &str) -> (Histogram<u64>, Histogram<u6
 }
 
 async fn chirp_loop(bootstrap: &str, topic: &str) {
-    let config = common::kafka_config(
-        bootstrap,
-        &format!(
-            "  - name: bench\n    interval: {}ms\n    deadline: 10s\n    payload: {{size: {SIZE}}}\n    inject: {{kafka: {{connection: k, topic: {topic}}}}}\n    catch: {{kafka: {{connection: k, topic: {topic}}}}}\n",
+    let config = support::Conf::new()
+        .connection("k", format!("kafka: {{brokers: \"{bootstrap}\"}}"))
+        .probe(format!(
+            "{{name: bench, interval: {}ms, deadline: 10s, payload: {{size: {SIZE}}}, inject: {{kafka: {{connection: k, topic: {topic}}}}}, catch: {{kafka: {{connection: k, topic: {topic}}}}}}}",
             INTERVAL.as_millis()
-        ),
-    );
-    let mut rt = common::start_counted(&config, COUNT).await;
+        ))
+        .build();
+    let mut rt = support::start_counted(&config, COUNT).await;
     rt.injection_done().await;
     rt.drain(Duration::from_secs(15)).await;
-    let snap = rt.probes[0].snapshot(Instant::now());
+    let snap = rt.probes[0].probe.snapshot(Instant::now());
     rt.shutdown().await;
     let (c, l, lag) = (
         snap.counts,

@@ -5,8 +5,8 @@
 //! `cargo bench --bench nats_baseline` (needs `nats-server` on PATH).
 //! Figures only: nothing here asserts a speed.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use futures::StreamExt;
 use hdrhistogram::Histogram;
@@ -77,17 +77,16 @@ async fn raw_loop(url: &str) -> (Histogram<u64>, Histogram<u64>) {
 }
 
 async fn chirp_loop(url: &str) {
-    let config = common::config_with(
-        url,
-        &format!(
-            "  - name: bench\n    interval: {}ms\n    deadline: 10s\n    payload: {{size: {SIZE}}}\n    inject: {{nats: {{connection: main, subject: bench.chirp}}}}\n    catch: {{nats: {{connection: main, subject: bench.chirp}}}}\n",
+    let config = support::nats_conf(url)
+        .probe(format!(
+            "{{name: bench, interval: {}ms, deadline: 10s, payload: {{size: {SIZE}}}, inject: {{nats: {{connection: main, subject: bench.chirp}}}}, catch: {{nats: {{connection: main, subject: bench.chirp}}}}}}",
             INTERVAL.as_millis()
-        ),
-    );
-    let mut rt = common::start_counted(&config, COUNT).await;
+        ))
+        .build();
+    let mut rt = support::start_counted(&config, COUNT).await;
     rt.injection_done().await;
     rt.drain(Duration::from_secs(15)).await;
-    let snap = rt.probes[0].snapshot(Instant::now());
+    let snap = rt.probes[0].probe.snapshot(Instant::now());
     let c = snap.counts;
     assert!(c.invariant_holds());
     println!(
@@ -120,7 +119,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let nats = common::NatsServer::start();
+    let nats = support::NatsServer::start();
     println!(
         "nats-server on 127.0.0.1:{}; {COUNT} messages of {SIZE} bytes every {INTERVAL:?}, raw then chirp, then raw again",
         nats.port

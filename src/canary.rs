@@ -1,4 +1,4 @@
-//! The canary token: `chirp1.<probe>.<run>.<lane>.<seq>.<sent_us>.<mac>`, an ASCII
+//! The canary: its token `chirp1.<probe>.<run>.<lane>.<seq>.<sent_us>.<mac>`, an ASCII
 //! string safe in JSON, headers and URLs, signed with a truncated
 //! HMAC-SHA256. Also finds a token in a message (header, JSON pointer, or a
 //! scan of the body). Parsing never panics, whatever the input.
@@ -14,6 +14,8 @@ type HmacSha256 = Hmac<Sha256>;
 pub const PREFIX: &str = "chirp1.";
 /// Header that carries the token where a transport has headers.
 pub const HEADER: &str = "Chirp-Token";
+/// Header that carries the canary's W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
 /// Bytes of the HMAC kept in the token (128 bits).
 const MAC_LEN: usize = 16;
 /// Longest possible token: prefix, 64-byte probe, 16 hex, two u64, 32 hex, 5 dots.
@@ -233,6 +235,17 @@ pub fn body(token: &str, t: &Token, size: usize) -> Vec<u8> {
     }
     s.push('}');
     s.into_bytes()
+}
+
+/// The wall-clock time of a monotonic instant (span times, report times).
+pub fn wall(at: tokio::time::Instant) -> SystemTime {
+    let now = tokio::time::Instant::now();
+    let sys = SystemTime::now();
+    if at <= now {
+        sys - (now - at)
+    } else {
+        sys + (at - now)
+    }
 }
 
 /// Microseconds since the Unix epoch, now.

@@ -1,13 +1,20 @@
 //! chirp: a synthetic heartbeat and latency prober for event pipelines.
 //! It sends signed canaries into a pipeline, catches them where the pipeline
 //! hands them out, and reports what happened to every one of them.
+//!
+//! Layers, imports pointing down only (`tests/layering.rs` checks it):
+//! `canary`, `outcome`, `stats`, `config::{secret, vars, limits, errors, tls, de}`
+//! → `transport` → `config` → `probe::ledger` → `probe` → `slo` → `report`
+//! → `export` → `runtime`, `server`, `cmd`.
 #![forbid(unsafe_code)]
 // A panic is a crash at 3 a.m.: production code handles every error; only tests unwrap.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod canary;
+pub mod cmd;
 pub mod config;
-pub mod otlp;
+pub mod export;
+pub mod outcome;
 pub mod probe;
 pub mod report;
 pub mod runtime;

@@ -1,22 +1,30 @@
 //! Configuration: what the user wrote in `probes.yaml`, read in two steps.
-//! First the YAML is parsed and `${VAR}` interpolated; then a pure reader turns
-//! it into the typed [`Config`] below, collecting *every* error with its path
-//! and file position. Nothing here touches the network. The YAML crate is used
-//! only inside this module.
+//! First the YAML is parsed, `${VAR}` interpolated and each section
+//! deserialized into the types below (a mistake stops only its own probe or
+//! connection); then a pure `validate` checks what needs more than one field,
+//! collecting *every* error with its path and file position. Nothing here
+//! touches the network, and the YAML crate is used only inside this module.
+//! The transports' own settings are their types (`transport::*::config`).
 
+pub mod de;
+pub mod errors;
+pub mod limits;
 mod locate;
 mod otlp;
-mod probes;
-mod reader;
-mod secret;
-mod vars;
+pub mod secret;
+pub mod tls;
+pub mod vars;
 
-pub use otlp::{OtlpConfig, OtlpProtocol, Temporality, TraceConfig};
-pub use reader::ConfigError;
+pub use crate::transport::{CatchConfig, ConnectionConfig, InjectConfig};
+pub use errors::ConfigError;
+pub use otlp::{OtlpConfig, OtlpProtocol, SignalConfig, Temporality};
 pub use secret::{Endpoint, Secret};
 pub use vars::{Env, ProcessEnv};
 
-use reader::{child, did_you_mean, Reader};
+use errors::{child, Problems};
+use limits::*;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_yaml::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -36,79 +44,11 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Serve `/metrics` (`export.prometheus`, default true).
     pub prometheus: bool,
-    /// OTLP export of metrics (and traces), when configured.
+    /// OTLP export of metrics and traces, when on.
     pub otlp: Option<OtlpConfig>,
-    pub connections: BTreeMap<String, Connection>,
+    /// Named broker clients, shared by every probe that names them.
+    pub connections: BTreeMap<String, ConnectionConfig>,
     pub probes: Vec<ProbeConfig>,
-}
-
-/// A named broker client, shared by every probe that names it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Connection {
-    Nats(NatsConnection),
-    Kafka(KafkaConnection),
-}
-
-/// A Kafka client configuration (librdkafka underneath).
-#[derive(Debug, Clone, PartialEq)]
-pub struct KafkaConnection {
-    pub brokers: KafkaBrokers,
-    /// TLS to the brokers; `Some` with empty files means TLS with the system roots.
-    pub tls: Option<TlsConfig>,
-    pub sasl: Option<Sasl>,
-    /// Passed to librdkafka as is (after chirp's own settings, so they win).
-    /// Values are secret: they may hold passwords.
-    pub properties: Vec<(String, Secret)>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum KafkaBrokers {
-    /// `host:port,host:port`.
-    List(String),
-    /// librdkafka's in-process mock cluster: a test cluster inside chirp, not a Kafka.
-    Embedded,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sasl {
-    pub mechanism: SaslMechanism,
-    pub username: String,
-    pub password: Secret,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SaslMechanism {
-    Plain,
-    ScramSha256,
-    ScramSha512,
-}
-
-impl SaslMechanism {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SaslMechanism::Plain => "PLAIN",
-            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
-            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct NatsConnection {
-    /// One or more server URLs, comma separated.
-    pub url: Endpoint,
-    pub token: Option<Secret>,
-    pub user: Option<String>,
-    pub password: Option<Secret>,
-    pub credentials_file: Option<String>,
-    pub tls: Option<TlsConfig>,
-}
-
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct TlsConfig {
-    pub ca_file: Option<String>,
-    pub cert_file: Option<String>,
-    pub key_file: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -121,92 +61,10 @@ pub struct ProbeConfig {
     pub deadline: Duration,
     /// How long one publish may take before it is a `publish_failed(timeout)`.
     pub publish_timeout: Duration,
-    pub inject: Inject,
-    pub catch: Catch,
+    pub inject: InjectConfig,
+    pub catch: CatchConfig,
     pub payload: Payload,
     pub slo: Slo,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Inject {
-    Nats(NatsInject),
-    Http(HttpInject),
-    Kafka(KafkaInject),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct KafkaInject {
-    pub connection: String,
-    pub topic: String,
-    /// Per-partition mode: one canary per partition per interval.
-    pub partitions: Option<Partitions>,
-    /// `acks` (default `all`).
-    pub acks: String,
-    pub headers: Vec<(String, String)>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Partitions {
-    /// Every partition of the topic, including ones added later.
-    All,
-    List(Vec<i32>),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct KafkaCatch {
-    pub connection: String,
-    pub topic: String,
-    /// Consumer group id; default `chirp-<probe>-<run id>`, unique per run.
-    pub group_id: Option<String>,
-    /// Commit offsets of caught messages to `group_id` (default false: never commit).
-    pub commit: bool,
-    /// librdkafka `fetch.wait.max.ms` (default 5ms).
-    pub fetch_wait_max: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Catch {
-    Nats(NatsCatch),
-    Http(HttpCatch),
-    Kafka(KafkaCatch),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct NatsInject {
-    pub connection: String,
-    pub subject: String,
-    pub headers: Vec<(String, String)>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct NatsCatch {
-    pub connection: String,
-    pub subject: String,
-    pub queue_group: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpInject {
-    /// An absolute `http(s)://` URL, or a path starting with `/` on chirp's own listener.
-    pub url: Endpoint,
-    pub method: HttpMethod,
-    /// Extra request headers; values are secret (they often carry credentials).
-    pub headers: Vec<(String, Secret)>,
-    /// Header that carries `sha256=<hex HMAC of the body>`.
-    pub signature_header: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HttpMethod {
-    Post,
-    Put,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpCatch {
-    pub signature_header: String,
-    /// Key for the webhook signature; defaults to `signing_key`.
-    pub secret: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -240,26 +98,6 @@ pub struct DeliveryObjective {
     pub objective: f64,
 }
 
-impl Inject {
-    pub fn system(&self) -> &'static str {
-        match self {
-            Inject::Nats(_) => "nats",
-            Inject::Http(_) => "http",
-            Inject::Kafka(_) => "kafka",
-        }
-    }
-}
-
-impl Catch {
-    pub fn system(&self) -> &'static str {
-        match self {
-            Catch::Nats(_) => "nats",
-            Catch::Http(_) => "http",
-            Catch::Kafka(_) => "kafka",
-        }
-    }
-}
-
 /// Every error found in a configuration file, in file order.
 #[derive(Debug, Clone)]
 pub struct ConfigErrors {
@@ -270,12 +108,8 @@ pub struct ConfigErrors {
 impl std::fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let n = self.errors.len();
-        writeln!(
-            f,
-            "{}: {n} error{}:",
-            self.file,
-            if n == 1 { "" } else { "s" }
-        )?;
+        let s = if n == 1 { "" } else { "s" };
+        writeln!(f, "{}: {n} error{s}:", self.file)?;
         for e in &self.errors {
             writeln!(f, "  - {e}")?;
         }
@@ -291,17 +125,11 @@ pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SLICE: Duration = Duration::from_secs(60);
 pub const DEFAULT_PERIOD: Duration = Duration::from_secs(30 * 86_400);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-pub const DEFAULT_SIGNATURE_HEADER: &str = "X-Chirp-Signature";
-/// The longest deadline chirp accepts; it bounds the latency histograms.
-pub const MAX_DEADLINE: Duration = Duration::from_secs(3600);
-pub const MAX_PAYLOAD: usize = 1 << 20;
-const MIN_KEY_LEN: usize = 16;
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9464";
 
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 9464))
-}
-
-const TRANSPORTS: &[&str] = &["nats", "http", "kafka", "jetstream", "amqp", "mqtt"];
+/// Keys whose empty value (`otlp:`, `http:`) means "on, with the defaults".
+const EMPTY_MEANS_DEFAULTS: [&str; 7] =
+    ["otlp", "nats", "http", "kafka", "jetstream", "amqp", "mqtt"];
 
 /// Reads and validates a configuration file.
 pub fn load_file(path: &Path, env: &dyn Env) -> Result<Config, ConfigErrors> {
@@ -319,129 +147,206 @@ pub fn load_file(path: &Path, env: &dyn Env) -> Result<Config, ConfigErrors> {
 
 /// Parses, interpolates and validates configuration text.
 pub fn load_str(text: &str, env: &dyn Env) -> Result<Config, Vec<ConfigError>> {
-    let mut value: Value = match serde_yaml::from_str(text) {
-        Ok(v) => v,
-        Err(e) => {
-            return Err(vec![ConfigError {
-                path: String::new(),
-                message: format!("not valid YAML: {e}"),
-                location: e.location().map(|l| (l.line(), l.column())),
-            }])
-        }
-    };
-    let mut r = Reader::default();
-    interpolate(&mut value, "", env, &mut r);
-    let config = read_config(&value, env, &mut r);
-    if r.errors.is_empty() {
+    let mut value: Value = serde_yaml::from_str(text).map_err(|e| {
+        vec![ConfigError {
+            path: String::new(),
+            message: format!("not valid YAML: {e}"),
+            location: e.location().map(|l| (l.line(), l.column())),
+        }]
+    })?;
+    let mut p = Problems::default();
+    prepare(&mut value, "", env, &mut p);
+    let config = read(&value, env, &mut p);
+    let mut errors = p.0;
+    if errors.is_empty() {
         if let Some(c) = config {
             return Ok(c);
         }
-    }
-    let locator = locate::Locator::new(text);
-    let mut errors = r.errors;
-    for e in &mut errors {
-        if e.location.is_none() {
-            e.location = locator.find(&e.path);
-        }
-    }
-    errors.sort_by_key(|e| e.location.unwrap_or((usize::MAX, 0)));
-    if errors.is_empty() {
         errors.push(ConfigError {
             path: String::new(),
             message: "the configuration is empty".into(),
             location: None,
         });
     }
+    let locator = locate::Locator::new(text);
+    for e in &mut errors {
+        e.location = e.location.or_else(|| locator.find(&e.path));
+    }
+    errors.sort_by_key(|e| e.location.unwrap_or((usize::MAX, 0)));
     Err(errors)
 }
 
-fn interpolate(value: &mut Value, path: &str, env: &dyn Env, r: &mut Reader) {
+/// Interpolates `${VAR}` in every string and turns every other scalar into
+/// its text, so values read the same whether written literally or from the
+/// environment. Empty values are dropped, except where emptiness means "on".
+fn prepare(value: &mut Value, path: &str, env: &dyn Env, p: &mut Problems) {
     match value {
         Value::String(s) => match vars::interpolate(s, env) {
             Ok(new) => *s = new,
-            Err(errors) => {
-                for e in errors {
-                    r.error(path, e.to_string());
-                }
-            }
+            Err(errors) => errors.iter().for_each(|e| p.add(path, e.to_string())),
         },
+        Value::Number(n) => *value = Value::String(n.to_string()),
+        Value::Bool(b) => *value = Value::String(b.to_string()),
         Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                interpolate(item, &format!("{path}[{i}]"), env, r);
+                prepare(item, &format!("{path}[{i}]"), env, p);
             }
         }
         Value::Mapping(m) => {
-            for (k, v) in m.iter_mut() {
-                let key = k.as_str().unwrap_or("?").to_owned();
-                interpolate(v, &child(path, &key), env, r);
+            let old = std::mem::take(m);
+            for (k, mut v) in old {
+                let key = match k {
+                    Value::String(s) => s,
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    _ => {
+                        p.add(path, "keys must be plain words");
+                        continue;
+                    }
+                };
+                if v.is_null() {
+                    if !EMPTY_MEANS_DEFAULTS.contains(&key.as_str()) {
+                        continue;
+                    }
+                    v = Value::Mapping(Default::default());
+                }
+                prepare(&mut v, &child(path, &key), env, p);
+                m.insert(Value::String(key), v);
             }
         }
-        _ => {}
+        Value::Null | Value::Tagged(_) => {}
     }
 }
 
-/// Defaults a probe inherits when it does not say otherwise.
-pub(crate) struct Defaults {
-    interval: Duration,
-    deadline: Duration,
-    publish_timeout: Option<Duration>,
-    payload_size: usize,
-    slo: SloDraft,
+/// Deserializes one section; a mistake is reported with its full path.
+fn section<T: DeserializeOwned>(value: &Value, path: &str, p: &mut Problems) -> Option<T> {
+    match serde_path_to_error::deserialize(value.clone()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let mut at = match inner.as_str() {
+                "." | "" => path.to_owned(),
+                i if i.starts_with('[') => format!("{path}{i}"),
+                i => child(path, i),
+            };
+            let (message, missing) = de::friendly(&e.into_inner().to_string());
+            if let Some(field) = missing {
+                at = child(&at, &field);
+            }
+            p.add(at, message);
+            None
+        }
+    }
 }
 
-/// SLO fields as written, before defaults are applied.
-#[derive(Clone, Default)]
-pub(crate) struct SloDraft {
-    latency: Option<LatencyObjective>,
-    delivery: Option<DeliveryObjective>,
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTop {
+    environment: Option<String>,
+    listen: Option<String>,
+    signing_key: Option<Secret>,
+    #[serde(default, deserialize_with = "de::opt_duration")]
+    shutdown_grace: Option<Duration>,
+    defaults: Option<Value>,
+    connections: Option<BTreeMap<String, Value>>,
+    export: Option<Value>,
+    probes: Option<Value>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExport {
+    #[serde(default, deserialize_with = "de::opt_parsed")]
+    prometheus: Option<bool>,
+    otlp: Option<otlp::RawOtlp>,
+}
+
+/// What a probe says, and what `defaults` says for every probe.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    #[serde(default, deserialize_with = "de::opt_duration")]
+    interval: Option<Duration>,
+    #[serde(default, deserialize_with = "de::opt_duration")]
+    deadline: Option<Duration>,
+    #[serde(default, deserialize_with = "de::opt_duration")]
+    publish_timeout: Option<Duration>,
+    payload: Option<RawPayload>,
+    slo: Option<RawSlo>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    name: String,
+    #[serde(default, deserialize_with = "de::opt_duration")]
+    interval: Option<Duration>,
+    #[serde(default, deserialize_with = "de::opt_duration")]
+    deadline: Option<Duration>,
+    #[serde(default, deserialize_with = "de::opt_duration")]
+    publish_timeout: Option<Duration>,
+    inject: InjectConfig,
+    catch: CatchConfig,
+    payload: Option<RawPayload>,
+    slo: Option<RawSlo>,
+}
+
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPayload {
+    #[serde(default, deserialize_with = "de::opt_parsed")]
+    size: Option<u64>,
+    token_pointer: Option<String>,
+}
+
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlo {
+    latency: Option<RawLatency>,
+    delivery: Option<RawDelivery>,
+    #[serde(default, deserialize_with = "de::opt_duration")]
     slice: Option<Duration>,
+    #[serde(default, deserialize_with = "de::opt_duration")]
     period: Option<Duration>,
 }
 
-fn read_config(root: &Value, env: &dyn Env, r: &mut Reader) -> Option<Config> {
-    let top = r.fields(
-        root,
-        "",
-        &[
-            "environment",
+#[derive(Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLatency {
+    #[serde(deserialize_with = "de::duration")]
+    threshold: Duration,
+    objective: de::Percent,
+}
+
+#[derive(Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    objective: de::Percent,
+}
+
+fn read(root: &Value, env: &dyn Env, p: &mut Problems) -> Option<Config> {
+    if root.is_null() {
+        return None;
+    }
+    let top: RawTop = section(root, "", p)?;
+    let environment = top.environment.unwrap_or_else(|| "default".into());
+    let listen = top.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen = listen.parse::<SocketAddr>().map_err(|_| {
+        p.add(
             "listen",
-            "signing_key",
-            "shutdown_grace",
-            "defaults",
-            "connections",
-            "export",
-            "probes",
-        ],
-    );
-    let environment = r
-        .string(&top, "environment")
-        .unwrap_or_else(|| "default".into());
-    let listen = match r.string(&top, "listen") {
-        None => Some(default_listen()),
-        Some(s) => {
-            match s.parse::<SocketAddr>() {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    r.error(
-                    &top.path_of("listen"),
-                    format!("`{s}` is not an address; write e.g. `0.0.0.0:9464` or `127.0.0.1:9464`"),
-                );
-                    None
-                }
-            }
-        }
-    };
-    let signing_key = match r.secret(&top, "signing_key") {
-        None if !top.has("signing_key") => {
-            r.error(
+            format!("`{listen}` is not an address; write e.g. `0.0.0.0:9464` or `127.0.0.1:9464`"),
+        )
+    });
+    let signing_key = match top.signing_key {
+        None => {
+            p.add(
                 "signing_key",
                 "is required: a secret of at least 16 bytes, e.g. `signing_key: ${CHIRP_SIGNING_KEY}`",
             );
             None
         }
-        None => None,
         Some(k) if k.expose().len() < MIN_KEY_LEN => {
-            r.error(
+            p.add(
                 "signing_key",
                 format!("is too short: use at least {MIN_KEY_LEN} bytes"),
             );
@@ -449,217 +354,217 @@ fn read_config(root: &Value, env: &dyn Env, r: &mut Reader) -> Option<Config> {
         }
         Some(k) => Some(k),
     };
-    let shutdown_grace = r
-        .duration(&top, "shutdown_grace")
-        .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
-    let mut prometheus = true;
-    let mut otlp_value = None;
-    if let Some(export) = top.get("export") {
-        let f = r.fields(export, "export", &["prometheus", "otlp"]);
-        prometheus = r.bool(&f, "prometheus").unwrap_or(true);
-        otlp_value = f.get("otlp").or_else(|| {
-            // `otlp:` with nothing under it still turns export on.
-            matches!(export, Value::Mapping(m) if m.contains_key("otlp")).then_some(&Value::Null)
-        });
+    let export: RawExport = match &top.export {
+        Some(v) => section(v, "export", p).unwrap_or_default(),
+        None => RawExport::default(),
+    };
+    let otlp = otlp::resolve(export.otlp, "export.otlp", env, p);
+    let defaults: RawDefaults = match &top.defaults {
+        Some(v) => section(v, "defaults", p).unwrap_or_default(),
+        None => RawDefaults::default(),
+    };
+    let mut connections = BTreeMap::new();
+    for (name, v) in top.connections.iter().flatten() {
+        let path = child("connections", name);
+        if let Some(c) = section::<ConnectionConfig>(v, &path, p) {
+            c.validate(&path, p);
+            connections.insert(name.clone(), c);
+        }
     }
-    let otlp = otlp::read_otlp(otlp_value, "export.otlp", env, r);
-    let defaults = read_defaults(top.get("defaults"), r);
-    let connections = read_connections(top.get("connections"), r);
-    let probes = probes::read_probes(top.get("probes"), &defaults, &connections, r);
-
+    let probes = read_probes(top.probes.as_ref(), &defaults, &connections, p);
     Some(Config {
         environment,
-        listen: listen?,
+        listen: listen.ok()?,
         signing_key: signing_key?,
-        shutdown_grace,
-        prometheus,
+        shutdown_grace: top.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        prometheus: export.prometheus.unwrap_or(true),
         otlp,
         connections,
         probes: probes?,
     })
 }
 
-fn read_defaults(value: Option<&Value>, r: &mut Reader) -> Defaults {
-    let mut d = Defaults {
-        interval: DEFAULT_INTERVAL,
-        deadline: DEFAULT_DEADLINE,
-        publish_timeout: None,
-        payload_size: 0,
-        slo: SloDraft::default(),
-    };
-    let Some(value) = value else { return d };
-    let f = r.fields(
-        value,
-        "defaults",
-        &["interval", "deadline", "publish_timeout", "payload", "slo"],
-    );
-    if let Some(i) = r.duration(&f, "interval") {
-        d.interval = i;
-    }
-    if let Some(dl) = r.duration(&f, "deadline") {
-        d.deadline = dl;
-    }
-    d.publish_timeout = r.duration(&f, "publish_timeout");
-    if let Some(p) = f.get("payload") {
-        let pf = r.fields(p, &f.path_of("payload"), &["size"]);
-        if let Some(size) = r.u64(&pf, "size") {
-            d.payload_size = size as usize;
+fn read_probes(
+    value: Option<&Value>,
+    defaults: &RawDefaults,
+    connections: &BTreeMap<String, ConnectionConfig>,
+    p: &mut Problems,
+) -> Option<Vec<ProbeConfig>> {
+    let items = match value {
+        None => {
+            p.add("probes", "is required: a list of probes");
+            return None;
         }
-    }
-    if let Some(s) = f.get("slo") {
-        d.slo = probes::read_slo(s, &f.path_of("slo"), r);
-    }
-    d
-}
-
-fn read_connections(value: Option<&Value>, r: &mut Reader) -> BTreeMap<String, Connection> {
-    let mut out = BTreeMap::new();
-    let Some(value) = value else { return out };
-    let Value::Mapping(m) = value else {
-        r.error(
-            "connections",
-            "expected a mapping of connection names to clients",
-        );
-        return out;
+        Some(Value::Sequence(items)) if items.is_empty() => {
+            p.add("probes", "the list is empty: configure at least one probe");
+            return None;
+        }
+        Some(Value::Sequence(items)) => items,
+        Some(_) => {
+            p.add("probes", "expected a list of probes");
+            return None;
+        }
     };
-    for (k, v) in m {
-        let Some(name) = k.as_str() else {
-            r.error("connections", "connection names must be strings");
+    let before = p.len();
+    let mut probes: Vec<ProbeConfig> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("probes[{i}]");
+        let Some(raw) = section::<RawProbe>(item, &path, p) else {
             continue;
         };
-        let path = child("connections", name);
-        if let Some(conn) =
-            read_transport_choice(v, &path, &["nats", "kafka"], r).and_then(|(kind, body, p)| {
-                match kind {
-                    "nats" => read_nats_connection(body, &p, r).map(Connection::Nats),
-                    "kafka" => probes::read_kafka_connection(body, &p, r).map(Connection::Kafka),
-                    _ => None,
-                }
-            })
-        {
-            out.insert(name.to_owned(), conn);
-        }
-    }
-    out
-}
-
-fn read_nats_connection(value: &Value, path: &str, r: &mut Reader) -> Option<NatsConnection> {
-    let f = r.fields(
-        value,
-        path,
-        &[
-            "url",
-            "token",
-            "user",
-            "password",
-            "credentials_file",
-            "tls",
-        ],
-    );
-    let url = r.required_string(&f, "url");
-    if let Some(u) = &url {
-        for part in u.split(',') {
-            let part = part.trim();
-            if part.is_empty() || part.contains(char::is_whitespace) {
-                r.error(
-                    &f.path_of("url"),
-                    format!("`{u}` is not a list of NATS URLs"),
-                );
-                break;
-            }
-        }
-    }
-    let token = r.secret(&f, "token");
-    let user = r.string(&f, "user");
-    let password = r.secret(&f, "password");
-    if user.is_some() != password.is_some() {
-        r.error(path, "`user` and `password` go together");
-    }
-    let credentials_file = r.string(&f, "credentials_file");
-    let tls = f.get("tls").map(|t| read_tls(t, &f.path_of("tls"), r));
-    Some(NatsConnection {
-        url: Endpoint::new(url?),
-        token,
-        user,
-        password,
-        credentials_file,
-        tls,
-    })
-}
-
-/// Reads `tls: {ca_file, cert_file, key_file}`.
-pub(crate) fn read_tls(value: &Value, path: &str, r: &mut Reader) -> TlsConfig {
-    let tf = r.fields(value, path, &["ca_file", "cert_file", "key_file"]);
-    let tls = TlsConfig {
-        ca_file: r.string(&tf, "ca_file"),
-        cert_file: r.string(&tf, "cert_file"),
-        key_file: r.string(&tf, "key_file"),
-    };
-    if tls.cert_file.is_some() != tls.key_file.is_some() {
-        r.error(path, "`cert_file` and `key_file` go together");
-    }
-    tls
-}
-
-/// Reads `{<transport>: {...}}`: exactly one key naming a transport in `supported`.
-pub(crate) fn read_transport_choice<'v>(
-    value: &'v Value,
-    path: &str,
-    supported: &[&str],
-    r: &mut Reader,
-) -> Option<(&'static str, &'v Value, String)> {
-    let Value::Mapping(m) = value else {
-        r.error(
-            path,
-            format!("expected one transport, e.g. `{}: {{...}}`", supported[0]),
-        );
-        return None;
-    };
-    if m.len() != 1 {
-        r.error(
-            path,
-            format!(
-                "expected exactly one transport (one of: {}), found {}",
-                supported.join(", "),
-                m.len()
-            ),
-        );
-        return None;
-    }
-    let (k, body) = m.iter().next()?;
-    let Some(name) = k.as_str() else {
-        r.error(path, "the transport name must be a string");
-        return None;
-    };
-    let p = child(path, name);
-    if let Some(known) = supported.iter().find(|s| **s == name) {
-        let known: &'static str = TRANSPORTS.iter().find(|t| *t == known).copied()?;
-        return Some((known, body, p));
-    }
-    if TRANSPORTS.contains(&name) {
-        r.error(
-            &p,
-            format!(
-                "transport `{name}` is not supported here by this version of chirp (supported: {})",
-                supported.join(", ")
-            ),
-        );
-    } else {
-        match did_you_mean(name, supported) {
-            Some(s) => r.error(
-                &p,
-                format!("unknown transport `{name}`; did you mean `{s}`?"),
-            ),
-            None => r.error(
-                &p,
+        if let Some(first) = probes.iter().position(|q| q.name == raw.name) {
+            p.add(
+                child(&path, "name"),
                 format!(
-                    "unknown transport `{name}`; expected one of: {}",
-                    supported.join(", ")
+                    "probe name `{}` is already used by probes[{first}]",
+                    raw.name
                 ),
+            );
+        }
+        probes.push(probe(raw, &path, defaults, connections, p));
+    }
+    (p.len() == before).then_some(probes)
+}
+
+/// Applies the defaults to one probe and checks it.
+fn probe(
+    raw: RawProbe,
+    path: &str,
+    defaults: &RawDefaults,
+    connections: &BTreeMap<String, ConnectionConfig>,
+    p: &mut Problems,
+) -> ProbeConfig {
+    let at = |key: &str| child(path, key);
+    if !valid_probe_name(&raw.name) {
+        p.add(
+            at("name"),
+            format!(
+                "`{}` is not a valid probe name: use 1 to {MAX_PROBE_NAME} letters, digits, `-` or `_`",
+                raw.name
             ),
+        );
+    }
+    let interval = raw
+        .interval
+        .or(defaults.interval)
+        .unwrap_or(DEFAULT_INTERVAL);
+    if interval < MIN_INTERVAL {
+        p.add(at("interval"), "must be at least 1ms");
+    }
+    let deadline = raw
+        .deadline
+        .or(defaults.deadline)
+        .unwrap_or(DEFAULT_DEADLINE);
+    if deadline.is_zero() || deadline > MAX_DEADLINE {
+        p.add(at("deadline"), "must be more than 0 and at most 1h");
+    }
+    if interval >= MIN_INTERVAL && deadline.as_nanos() / interval.as_nanos() > MAX_IN_FLIGHT {
+        p.add(
+            at("deadline"),
+            format!(
+                "deadline / interval allows more than {MAX_IN_FLIGHT} canaries in flight; use a longer interval or a shorter deadline"
+            ),
+        );
+    }
+    let publish_timeout = raw
+        .publish_timeout
+        .or(defaults.publish_timeout)
+        .unwrap_or_else(|| DEFAULT_PUBLISH_TIMEOUT.min(deadline));
+    if publish_timeout.is_zero() || publish_timeout > deadline {
+        p.add(
+            at("publish_timeout"),
+            "must be more than 0 and no longer than the deadline",
+        );
+    }
+    raw.inject.validate(&at("inject"), connections, p);
+    raw.catch.validate(&at("catch"), connections, p);
+
+    let dp = defaults.payload.clone().unwrap_or_default();
+    let rp = raw.payload.unwrap_or_default();
+    let payload = Payload {
+        size: rp.size.or(dp.size).unwrap_or(0) as usize,
+        token_pointer: rp.token_pointer.or(dp.token_pointer),
+    };
+    if payload.size > MAX_PAYLOAD {
+        p.add(
+            at("payload.size"),
+            format!(
+                "{} bytes is more than the limit of {MAX_PAYLOAD}",
+                payload.size
+            ),
+        );
+    }
+    if let Some(ptr) = payload.token_pointer.as_deref() {
+        if !ptr.is_empty() && !ptr.starts_with('/') {
+            p.add(
+                at("payload.token_pointer"),
+                format!("`{ptr}` is not a JSON pointer; write e.g. `/meta/chirp_token`"),
+            );
         }
     }
-    None
+
+    let (d, s) = (
+        defaults.slo.clone().unwrap_or_default(),
+        raw.slo.unwrap_or_default(),
+    );
+    let slo = Slo {
+        latency: s.latency.or(d.latency).map(|l| LatencyObjective {
+            threshold: l.threshold,
+            objective: l.objective.0,
+        }),
+        delivery: s.delivery.or(d.delivery).map(|x| DeliveryObjective {
+            objective: x.objective.0,
+        }),
+        slice: s.slice.or(d.slice).unwrap_or(DEFAULT_SLICE),
+        period: s.period.or(d.period).unwrap_or(DEFAULT_PERIOD),
+    };
+    check_slo(&slo, deadline, &at("slo"), p);
+    ProbeConfig {
+        name: raw.name,
+        interval,
+        deadline,
+        publish_timeout,
+        inject: raw.inject,
+        catch: raw.catch,
+        payload,
+        slo,
+    }
+}
+
+fn check_slo(slo: &Slo, deadline: Duration, path: &str, p: &mut Problems) {
+    let show = humantime::format_duration;
+    if let Some(l) = slo.latency {
+        if l.threshold.is_zero() || l.threshold >= deadline {
+            p.add(
+                child(path, "latency.threshold"),
+                format!(
+                    "{} must be above 0 and below the probe's deadline ({})",
+                    show(l.threshold),
+                    show(deadline)
+                ),
+            );
+        }
+    }
+    let day_ms = 86_400_000u128;
+    let slice_ms = slo.slice.as_millis();
+    if slice_ms < 1000 || slo.slice.subsec_nanos() != 0 || day_ms % slice_ms != 0 {
+        p.add(
+            child(path, "slice"),
+            format!(
+                "{} must be a whole number of seconds that divides a day (e.g. 1m, 5m, 1h)",
+                show(slo.slice)
+            ),
+        );
+    } else if slo.period.as_millis() % slice_ms != 0 || slo.period < slo.slice {
+        p.add(
+            child(path, "period"),
+            format!(
+                "{} must be a whole number of slices ({})",
+                show(slo.period),
+                show(slo.slice)
+            ),
+        );
+    }
 }
 
 #[cfg(test)]

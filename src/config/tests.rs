@@ -17,6 +17,9 @@ connections:
   main:
     nats:
       url: nats://alice:pw-in-url@127.0.0.1:4222
+  other:
+    nats:
+      url: nats://127.0.0.1:4222
       token: s3cr3t-token
 probes:
   - name: orders
@@ -53,7 +56,7 @@ fn reads_a_valid_file_with_defaults_applied() {
     );
     assert_eq!(orders.slo.delivery.unwrap().objective, 99.9);
     assert_eq!(orders.slo.slice, DEFAULT_SLICE);
-    assert!(matches!(&orders.inject, Inject::Nats(n) if n.subject == "orders.in"));
+    assert!(matches!(&orders.inject, InjectConfig::Nats(n) if n.subject == "orders.in"));
     let st = &c.probes[1];
     assert_eq!(
         st.publish_timeout,
@@ -61,7 +64,7 @@ fn reads_a_valid_file_with_defaults_applied() {
         "capped by the deadline"
     );
     assert_eq!(st.payload.size, 512);
-    assert!(matches!(&st.catch, Catch::Http(h) if h.signature_header == "X-Chirp-Signature"));
+    assert!(matches!(&st.catch, CatchConfig::Http(h) if h.signature_header == "X-Chirp-Signature"));
 }
 
 #[test]
@@ -87,7 +90,7 @@ fn errors(text: &str) -> Vec<String> {
 }
 
 #[test]
-fn reports_all_independent_mistakes_with_paths_and_lines() {
+fn reports_every_probe_s_mistakes_with_paths_and_lines() {
     let text = r#"signing_key: ${KEY}
 connections:
   main:
@@ -96,32 +99,63 @@ probes:
   - name: a
     intervall: 1s
     inject: {nats: {connection: main, subject: a.in}}
-    catch: {nats: {connection: mian, subject: a.out}}
+    catch: {nats: {connection: main, subject: a.out}}
   - name: b
     deadline: soon
     inject: {http: {url: /hooks/b}}
     catch: {http: {}}
+  - name: c
+    interval: 0s
+    inject: {nats: {connection: main, subject: c.in}}
+    catch: {nats: {connection: mian, subject: c.out}}
 "#;
     let e = errors(text);
-    assert_eq!(e.len(), 3, "{e:#?}");
+    assert_eq!(e.len(), 4, "{e:#?}");
     assert_eq!(
         e[0],
         "probes[0].intervall: unknown key `intervall`; did you mean `interval`? (line 7, column 5)"
     );
     assert!(
-        e[1].starts_with(
-            "probes[0].catch.nats.connection: no connection named `mian`; did you mean `main`?"
-        ),
+        e[1].starts_with("probes[1].deadline: `soon` is not a duration"),
         "{}",
         e[1]
     );
-    assert!(e[1].ends_with("(line 9, column 20)"), "{}", e[1]);
-    assert!(
-        e[2].starts_with("probes[1].deadline: `soon` is not a duration"),
-        "{}",
-        e[2]
+    assert!(e[1].ends_with("(line 11, column 5)"), "{}", e[1]);
+    // A probe that reads is checked whole: both of its mistakes are reported.
+    assert_eq!(
+        e[2],
+        "probes[2].interval: must be at least 1ms (line 15, column 5)"
     );
-    assert!(e[2].ends_with("(line 11, column 5)"), "{}", e[2]);
+    assert!(
+        e[3].starts_with(
+            "probes[2].catch.nats.connection: no connection named `mian`; did you mean `main`?"
+        ),
+        "{}",
+        e[3]
+    );
+    assert!(e[3].ends_with("(line 17, column 20)"), "{}", e[3]);
+}
+
+#[test]
+fn an_objective_without_a_percent_sign_is_an_error_showing_both_readings() {
+    for (objective, expected) in [
+        ("0.999", "`0.999` needs a `%`: write `99.9%` for a ratio of 0.999, or `0.999%` if you mean 0.999 percent"),
+        ("99.9", "`99.9` needs a `%`: write `99.9%`"),
+    ] {
+        let text = format!(
+            "signing_key: ${{KEY}}\nprobes:\n  - name: a\n    inject: {{http: {{url: /hooks/a}}}}\n    catch: {{http: {{}}}}\n    slo: {{delivery: {{objective: {objective}}}}}\n"
+        );
+        let e = errors(&text);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(e[0].starts_with("probes[0].slo.delivery.objective: "), "{}", e[0]);
+        assert!(e[0].contains(expected), "{}", e[0]);
+    }
+    let defaults = "signing_key: ${KEY}\ndefaults:\n  slo:\n    latency: {threshold: 1s, objective: 0.99}\nprobes:\n  - name: a\n    inject: {http: {url: /hooks/a}}\n    catch: {http: {}}\n";
+    let e = errors(defaults);
+    assert!(
+        e[0].starts_with("defaults.slo.latency.objective: `0.99` needs a `%`"),
+        "{e:#?}"
+    );
 }
 
 #[test]
@@ -141,35 +175,37 @@ fn unknown_transports_and_slo_mistakes_are_explained() {
     let text = r#"signing_key: ${KEY}
 probes:
   - name: a
-    deadline: 1s
     inject: {natz: {}}
+    catch: {http: {}}
+  - name: b
+    inject: {http: {url: /hooks/b}}
     catch: {amqp: {}}
+  - name: c
+    deadline: 1s
+    inject: {http: {url: /hooks/c}}
+    catch: {http: {}}
     slo:
       latency: {threshold: 2s, objective: 100%}
-      slice: 7m
+  - name: d
+    inject: {http: {url: /hooks/d}}
+    catch: {http: {}}
+    slo: {slice: 7m}
+  - name: e
+    inject: {http: {url: /hooks/e}, nats: {connection: x, subject: y}}
+    catch: {http: {}}
 "#;
     let e = errors(text);
     let joined = e.join("\n");
-    assert!(
-        joined.contains("probes[0].inject.natz: unknown transport `natz`; did you mean `nats`?"),
-        "{joined}"
-    );
-    assert!(
-        joined.contains("probes[0].catch.amqp: transport `amqp` is not supported"),
-        "{joined}"
-    );
-    assert!(
-        joined
-            .contains("probes[0].slo.latency.objective: objective `100%` must be strictly between"),
-        "{joined}"
-    );
-    assert!(
-        joined.contains(
-            "probes[0].slo.slice: 7m must be a whole number of seconds that divides a day"
-        ),
-        "{joined}"
-    );
-    assert_eq!(e.len(), 4, "{joined}");
+    for want in [
+        "probes[0].inject: unknown transport `natz` (one of: nats, http, kafka); did you mean `nats`?",
+        "probes[1].catch: transport `amqp` is not supported yet (supported: nats, http, kafka)",
+        "probes[2].slo.latency.objective: objective `100%` must be strictly between",
+        "probes[3].slo.slice: 7m must be a whole number of seconds that divides a day",
+        "probes[4].inject: name exactly one transport",
+    ] {
+        assert!(joined.contains(want), "missing {want:?} in\n{joined}");
+    }
+    assert_eq!(e.len(), 5, "{joined}");
 }
 
 #[test]
@@ -239,30 +275,31 @@ probes:
     catch: {http: {}}
 "#;
     let c = load_str(text, &env()).unwrap();
-    let Connection::Kafka(k) = &c.connections["k"] else {
+    use crate::transport::kafka::config::{Brokers, Partitions, SaslMechanism};
+    let ConnectionConfig::Kafka(k) = &c.connections["k"] else {
         panic!("kafka connection")
     };
-    assert_eq!(k.brokers, KafkaBrokers::List("b1:9092,b2:9092".into()));
+    assert_eq!(k.brokers, Brokers::List("b1:9092,b2:9092".into()));
     assert_eq!(
         k.sasl.as_ref().unwrap().mechanism,
         SaslMechanism::ScramSha512
     );
     assert!(k.tls.is_some());
-    let Inject::Kafka(a) = &c.probes[0].inject else {
+    let InjectConfig::Kafka(a) = &c.probes[0].inject else {
         panic!("kafka inject")
     };
     assert_eq!(
         (a.partitions.clone(), a.acks.as_str()),
         (Some(Partitions::All), "all")
     );
-    let Catch::Kafka(ac) = &c.probes[0].catch else {
+    let CatchConfig::Kafka(ac) = &c.probes[0].catch else {
         panic!("kafka catch")
     };
     assert_eq!(
         (ac.commit, ac.fetch_wait_max),
         (false, Duration::from_millis(5))
     );
-    let Inject::Kafka(b) = &c.probes[1].inject else {
+    let InjectConfig::Kafka(b) = &c.probes[1].inject else {
         panic!("kafka inject")
     };
     assert_eq!(b.partitions, Some(Partitions::List(vec![0, 2])));
@@ -274,21 +311,26 @@ probes:
 
     let bad = r#"signing_key: ${KEY}
 connections:
-  k: {kafka: {brokers: b:9092, sasl: {mechanism: GSSAPI, username: u}}}
+  k: {kafka: {brokers: b:9092}}
+  k1: {kafka: {brokers: b:9092, sasl: {mechanism: GSSAPI, username: u, password: p}}}
+  k2: {kafka: {brokers: b:9092, sasl: {mechanism: PLAIN, username: u}}}
   n: {nats: {url: "nats://x:4222"}}
 probes:
   - name: a
-    inject: {kafka: {connection: n, topic: "bad topic", partitions: some}}
+    inject: {kafka: {connection: k, topic: t, partitions: some}}
+    catch: {kafka: {connection: k, topic: t}}
+  - name: b
+    inject: {kafka: {connection: n, topic: "bad topic", partitions: [1, 0]}}
     catch: {kafka: {connection: k, topic: t, commit: true}}
 "#;
     let joined = errors(bad).join("\n");
     for expected in [
-        "connections.k.kafka.sasl.mechanism: `GSSAPI` is not supported",
-        "connections.k.kafka.sasl.password: is required",
-        "probes[0].inject.kafka.connection: connection `n` is a nats connection; this transport needs a kafka one",
-        "probes[0].inject.kafka.topic: `bad topic` is not a valid Kafka topic name",
+        "connections.k1.kafka.sasl.mechanism: `GSSAPI` is not supported",
+        "connections.k2.kafka.sasl.password: is required",
         "probes[0].inject.kafka.partitions: expected `all` or a list of partition numbers",
-        "probes[0].catch.kafka.commit: committing offsets needs an explicit `group_id`",
+        "probes[1].inject.kafka.connection: connection `n` is a nats connection; this transport needs a kafka one",
+        "probes[1].inject.kafka.topic: `bad topic` is not a valid Kafka topic name",
+        "probes[1].catch.kafka.commit: committing offsets needs an explicit `group_id`",
     ] {
         assert!(joined.contains(expected), "missing {expected:?} in\n{joined}");
     }

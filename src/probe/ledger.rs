@@ -1,123 +1,17 @@
-//! The ledger decides what happened to every canary of one probe. It owns the
-//! schedule's sequence numbers, resolves each sent canary to exactly one
-//! outcome (delivered, lost, publish_failed) and counts observations
-//! (duplicate, late, reordered, foreign, rejected, unrelated). Memory is a
-//! fixed ring of one byte per recent canary, whatever the uptime.
+//! The ledger decides what happened to every canary of one lane of a probe.
+//! It owns the schedule's sequence numbers, resolves each sent canary to
+//! exactly one outcome (delivered, lost, publish_failed) and counts
+//! observations (duplicate, late, reordered, foreign, rejected, unrelated).
+//! It is a pure state machine: every call takes `now` and appends what
+//! resolved to `events`, and it calls nobody. Memory is a fixed ring of one
+//! byte per recent canary, whatever the uptime.
 
-use crate::otlp::trace::{wall, CanaryTracer, End};
-use crate::otlp::LaneTelemetry;
-use crate::slo::{Resolved, SloTracker};
+use crate::config::limits::{MAX_RETAIN, MIN_RETAIN, RETAIN_DEADLINES};
+use crate::outcome::{Arrival, Counts, FailureKind, LedgerEvent, Resolution, Stray};
 use crate::stats::{LatencyStats, Summary};
-use std::collections::HashMap;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// Why a publish failed, as exported in the `kind` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureKind {
-    Timeout,
-    Auth,
-    Throttled,
-    Unavailable,
-    Rejected,
-    Other,
-}
-
-impl FailureKind {
-    pub const ALL: [FailureKind; 6] = [
-        FailureKind::Timeout,
-        FailureKind::Auth,
-        FailureKind::Throttled,
-        FailureKind::Unavailable,
-        FailureKind::Rejected,
-        FailureKind::Other,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureKind::Timeout => "timeout",
-            FailureKind::Auth => "auth",
-            FailureKind::Throttled => "throttled",
-            FailureKind::Unavailable => "unavailable",
-            FailureKind::Rejected => "rejected",
-            FailureKind::Other => "other",
-        }
-    }
-}
-
-/// Messages at the sink that are not one of this probe's canaries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stray {
-    /// A valid token of another run, instance or probe.
-    Foreign,
-    /// A bad MAC, a malformed token, a bad webhook signature, or a sequence never sent.
-    Rejected,
-    /// No token at all.
-    Unrelated,
-}
-
-/// What one catch of one of our canaries turned out to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arrival {
-    /// First catch before the deadline; `reordered` if a higher sequence came first.
-    Delivered { latency: Duration, reordered: bool },
-    /// Caught again after it was delivered.
-    Duplicate,
-    /// Caught after it was resolved as not delivered (lost, or its publish failed).
-    Late,
-    /// A sequence this run never sent (only possible with a leaked key).
-    NeverSent,
-}
-
-/// Counters, read together under one lock so the invariant holds in every snapshot:
-/// `sent = delivered + lost + publish_failed + in_flight`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Counts {
-    pub sent: u64,
-    pub delivered: u64,
-    pub lost: u64,
-    pub publish_failed: u64,
-    pub in_flight: u64,
-    pub duplicate: u64,
-    pub late: u64,
-    pub reordered: u64,
-    pub foreign: u64,
-    pub rejected: u64,
-    pub unrelated: u64,
-    #[serde(skip)]
-    pub failed_by_kind: [u64; 6],
-}
-
-impl Counts {
-    /// Adds `other` into `self` (lanes into a probe total).
-    pub fn add(&mut self, other: &Counts) {
-        self.sent += other.sent;
-        self.delivered += other.delivered;
-        self.lost += other.lost;
-        self.publish_failed += other.publish_failed;
-        self.in_flight += other.in_flight;
-        self.duplicate += other.duplicate;
-        self.late += other.late;
-        self.reordered += other.reordered;
-        self.foreign += other.foreign;
-        self.rejected += other.rejected;
-        self.unrelated += other.unrelated;
-        for (a, b) in self.failed_by_kind.iter_mut().zip(other.failed_by_kind) {
-            *a += b;
-        }
-    }
-
-    pub fn invariant_holds(&self) -> bool {
-        self.sent == self.delivered + self.lost + self.publish_failed + self.in_flight
-    }
-
-    pub fn failed(&self, kind: FailureKind) -> u64 {
-        self.failed_by_kind[kind as usize]
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -143,6 +37,9 @@ pub struct Snapshot {
     pub schedule_lag: Latencies,
 }
 
+/// Where the ledger appends what happened.
+pub type Events = Vec<LedgerEvent>;
+
 #[derive(Debug)]
 pub struct Ledger {
     start: Instant,
@@ -160,21 +57,7 @@ pub struct Ledger {
     pub e2e: LatencyStats,
     pub publish: LatencyStats,
     pub lag: LatencyStats,
-    /// The probe's SLO bookkeeping, told about every resolution.
-    slo: Option<Arc<Mutex<SloTracker>>>,
-    /// OTLP instruments and tracer, when exporting.
-    otel: Option<LaneTelemetry>,
-    /// Producer spans of sampled canaries in flight, ended at resolution.
-    spans: HashMap<u64, opentelemetry_sdk::trace::Span>,
 }
-
-/// Memory of resolved canaries is kept for this many deadlines, so duplicates
-/// and late arrivals are told apart for that long.
-const RETAIN_DEADLINES: u32 = 4;
-const MIN_RETAIN: usize = 1024;
-const MAX_RETAIN: usize = 1 << 20;
-/// The most canaries a probe may have in flight (`deadline / interval`).
-pub const MAX_IN_FLIGHT: u128 = (MAX_RETAIN / RETAIN_DEADLINES as usize) as u128;
 
 impl Ledger {
     /// A ledger whose schedule starts at `start` and ticks every `interval`.
@@ -203,65 +86,6 @@ impl Ledger {
             e2e: LatencyStats::new(deadline, thresholds, start),
             publish: LatencyStats::new(deadline, &[], start),
             lag: LatencyStats::new(deadline, &[], start),
-            slo: None,
-            otel: None,
-            spans: HashMap::new(),
-        }
-    }
-
-    /// Records latencies (and traces) into OTLP instruments from now on.
-    pub fn set_telemetry(&mut self, t: LaneTelemetry) {
-        self.otel = Some(t);
-    }
-
-    pub fn has_telemetry(&self) -> bool {
-        self.otel.is_some()
-    }
-
-    /// Starts the producer span of `seq` (just sent) at its slot; returns its
-    /// `traceparent`, when tracing.
-    pub fn start_trace(&mut self, seq: u64) -> Option<String> {
-        let t = self.otel.as_ref()?;
-        let tracer = t.tracer()?;
-        let lane = t.partition.map_or(0, |p| p as u32);
-        let (span, header) = tracer.start(lane, seq, t.partition, wall(self.intended(seq)));
-        if let Some(span) = span {
-            self.spans.insert(seq, span);
-        }
-        Some(header)
-    }
-
-    /// The span context of `seq`'s producer span, while it is open.
-    pub fn span_context(&self, seq: u64) -> Option<opentelemetry::trace::SpanContext> {
-        use opentelemetry::trace::Span as _;
-        self.spans.get(&seq).map(|s| s.span_context().clone())
-    }
-
-    fn end_span(&mut self, seq: u64, end: End, at: Instant) {
-        if let Some(span) = self.spans.remove(&seq) {
-            CanaryTracer::end(span, end, wall(at));
-        }
-    }
-
-    /// Ends every open producer span as unresolved (at shutdown).
-    pub fn end_open_spans(&mut self, now: Instant) {
-        for (_, span) in self.spans.drain() {
-            CanaryTracer::end(span, End::Unresolved, wall(now));
-        }
-    }
-
-    /// Reports every resolution from now on to `slo` (shared by a probe's lanes).
-    pub fn set_slo(&mut self, slo: Arc<Mutex<SloTracker>>) {
-        self.slo = Some(slo);
-    }
-
-    /// Tells the SLO engine that `n` canaries resolved at `now`.
-    fn resolved(&self, now: Instant, outcome: Resolved, n: u64) {
-        if let (Some(slo), true) = (&self.slo, n > 0) {
-            let mut t = slo.lock().unwrap_or_else(|p| p.into_inner());
-            for _ in 0..n {
-                t.record(now, outcome);
-            }
         }
     }
 
@@ -289,8 +113,26 @@ impl Ledger {
         self.deadline
     }
 
+    fn resolve(&mut self, seq: u64, resolution: Resolution, at: Instant, events: &mut Events) {
+        self.counts.in_flight -= 1;
+        match resolution {
+            Resolution::Delivered { .. } => self.counts.delivered += 1,
+            Resolution::Lost => self.counts.lost += 1,
+            Resolution::PublishFailed(kind) => {
+                self.counts.publish_failed += 1;
+                self.counts.failed_by_kind[kind as usize] += 1;
+            }
+        }
+        events.push(LedgerEvent::Resolved {
+            seq,
+            slot: self.intended(seq),
+            resolution,
+            at,
+        });
+    }
+
     /// Registers the next canary as sent at `now`; returns its sequence.
-    pub fn send(&mut self, now: Instant) -> u64 {
+    pub fn send(&mut self, now: Instant, events: &mut Events) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.states.push_back(State::InFlight);
@@ -299,22 +141,18 @@ impl Ledger {
             // resolved canaries are forgotten; should one still be in flight,
             // it is resolved as lost rather than leaked.
             if self.states.pop_front() == Some(State::InFlight) {
-                self.counts.in_flight -= 1;
-                self.counts.lost += 1;
-                self.resolved(now, Resolved::Failed, 1);
-                let deadline = self.deadline;
-                self.end_span(self.base, End::Lost { deadline }, now);
+                let old = self.base;
+                self.resolve(old, Resolution::Lost, now, events);
             }
             self.base += 1;
             self.expire_cursor = self.expire_cursor.max(self.base);
         }
         self.counts.sent += 1;
         self.counts.in_flight += 1;
-        let lag = now.saturating_duration_since(self.intended(seq));
+        let slot = self.intended(seq);
+        let lag = now.saturating_duration_since(slot);
         self.lag.record(lag, now);
-        if let Some(t) = &self.otel {
-            t.lag(lag);
-        }
+        events.push(LedgerEvent::Sent { seq, slot, lag });
         seq
     }
 
@@ -324,28 +162,28 @@ impl Ledger {
     }
 
     /// Records the broker's acknowledgement of `seq` after `latency`.
-    pub fn published(&mut self, seq: u64, latency: Duration, now: Instant) {
+    pub fn published(&mut self, seq: u64, latency: Duration, now: Instant, events: &mut Events) {
         self.publish.record(latency, now);
-        if let Some(t) = &self.otel {
-            t.publish(latency);
-        }
-        if let Some(span) = self.spans.get_mut(&seq) {
-            CanaryTracer::acknowledged(span, latency, wall(now));
-        }
+        events.push(LedgerEvent::Acknowledged {
+            seq,
+            latency,
+            at: now,
+        });
     }
 
     /// The producer refused `seq`. Ignored if it was already resolved (a
     /// canary caught before its publish errored stays delivered).
-    pub fn publish_failed(&mut self, seq: u64, kind: FailureKind) -> bool {
+    pub fn publish_failed(
+        &mut self,
+        seq: u64,
+        kind: FailureKind,
+        now: Instant,
+        events: &mut Events,
+    ) -> bool {
         match self.state_mut(seq) {
             Some(s) if *s == State::InFlight => {
                 *s = State::PublishFailed;
-                self.counts.in_flight -= 1;
-                self.counts.publish_failed += 1;
-                self.counts.failed_by_kind[kind as usize] += 1;
-                let now = Instant::now();
-                self.resolved(now, Resolved::Failed, 1);
-                self.end_span(seq, End::PublishFailed(kind), now);
+                self.resolve(seq, Resolution::PublishFailed(kind), now, events);
                 true
             }
             _ => false,
@@ -353,7 +191,7 @@ impl Ledger {
     }
 
     /// One of our canaries was caught at `now`.
-    pub fn caught(&mut self, seq: u64, now: Instant) -> Arrival {
+    pub fn caught(&mut self, seq: u64, now: Instant, events: &mut Events) -> Arrival {
         if seq >= self.next_seq {
             self.counts.rejected += 1;
             return Arrival::NeverSent;
@@ -370,17 +208,13 @@ impl Ledger {
             State::InFlight => {
                 let latency = now.saturating_duration_since(intended);
                 if latency >= deadline {
+                    // Its deadline passed before the sweep came: lost, and caught late.
                     *state = State::Lost;
-                    self.counts.in_flight -= 1;
-                    self.counts.lost += 1;
                     self.counts.late += 1;
-                    self.resolved(now, Resolved::Failed, 1);
-                    self.end_span(seq, End::Lost { deadline }, intended + deadline);
+                    self.resolve(seq, Resolution::Lost, now, events);
                     return Arrival::Late;
                 }
                 *state = State::Delivered;
-                self.counts.in_flight -= 1;
-                self.counts.delivered += 1;
                 let reordered = highest.is_some_and(|h| h > seq);
                 if reordered {
                     self.counts.reordered += 1;
@@ -388,11 +222,7 @@ impl Ledger {
                     self.highest_delivered = Some(seq);
                 }
                 self.e2e.record(latency, now);
-                if let Some(t) = &self.otel {
-                    t.latency(latency);
-                }
-                self.resolved(now, Resolved::Delivered(latency), 1);
-                self.end_span(seq, End::Delivered, now);
+                self.resolve(seq, Resolution::Delivered { latency }, now, events);
                 Arrival::Delivered { latency, reordered }
             }
             State::Delivered => {
@@ -416,26 +246,22 @@ impl Ledger {
     }
 
     /// Declares lost every in-flight canary whose deadline has passed; returns how many.
-    pub fn expire(&mut self, now: Instant) -> u64 {
+    pub fn expire(&mut self, now: Instant, events: &mut Events) -> u64 {
         let mut lost = 0;
         while self.expire_cursor < self.next_seq {
-            if self.intended(self.expire_cursor) + self.deadline > now {
+            let seq = self.expire_cursor;
+            if self.intended(seq) + self.deadline > now {
                 break;
             }
-            let seq = self.expire_cursor;
             if let Some(s) = self.state_mut(seq) {
                 if *s == State::InFlight {
                     *s = State::Lost;
                     lost += 1;
-                    let (deadline, at) = (self.deadline, self.intended(seq) + self.deadline);
-                    self.end_span(seq, End::Lost { deadline }, at);
+                    self.resolve(seq, Resolution::Lost, now, events);
                 }
             }
             self.expire_cursor += 1;
         }
-        self.counts.in_flight -= lost;
-        self.counts.lost += lost;
-        self.resolved(now, Resolved::Failed, lost);
         lost
     }
 

@@ -8,7 +8,9 @@
 pub mod rules;
 
 use crate::config::Slo;
+use crate::outcome::{LaneId, LedgerEvent, Observer, Resolution};
 use serde::Serialize;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
@@ -313,6 +315,45 @@ impl SloTracker {
             slice_seconds: self.slice_s,
             period_seconds: self.period_s,
             recent_slices: self.recent.iter().copied().collect(),
+        }
+    }
+}
+
+/// The SLO engine of one probe: an observer of its ledgers (all lanes).
+#[derive(Debug)]
+pub struct SloObserver {
+    tracker: Mutex<SloTracker>,
+}
+
+impl SloObserver {
+    /// The engine for `slo`, or none when it has no objective.
+    pub fn new(slo: &Slo) -> Option<Arc<SloObserver>> {
+        SloTracker::new(slo, Instant::now(), SystemTime::now()).map(|t| {
+            Arc::new(SloObserver {
+                tracker: Mutex::new(t),
+            })
+        })
+    }
+
+    pub fn state(&self, now: Instant) -> SloState {
+        self.tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .state(now)
+    }
+}
+
+impl Observer for SloObserver {
+    fn observe(&self, _lane: LaneId, events: &[LedgerEvent]) {
+        let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        for e in events {
+            if let LedgerEvent::Resolved { resolution, at, .. } = e {
+                let outcome = match resolution {
+                    Resolution::Delivered { latency } => Resolved::Delivered(*latency),
+                    Resolution::Lost | Resolution::PublishFailed(_) => Resolved::Failed,
+                };
+                t.record(*at, outcome);
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 //! objective, with annotations that say which probe, which objective and
 //! where to look. Output must pass `promtool check rules`.
 
-use crate::config::{Catch, Config, Inject, ProbeConfig};
+use crate::config::{Config, ProbeConfig};
 use std::fmt::Write;
 
 /// Windows of the recording rules, in seconds.
@@ -18,17 +18,7 @@ const ALERTS: [(&str, f64, &str, &str, &str); 3] = [
 ];
 
 fn target(p: &ProbeConfig) -> (String, String) {
-    let inject = match &p.inject {
-        Inject::Nats(n) => format!("NATS subject {} (connection {})", n.subject, n.connection),
-        Inject::Http(h) => format!("HTTP {}", h.url),
-        Inject::Kafka(k) => format!("Kafka topic {} (connection {})", k.topic, k.connection),
-    };
-    let catch = match &p.catch {
-        Catch::Nats(n) => format!("NATS subject {} (connection {})", n.subject, n.connection),
-        Catch::Http(_) => format!("chirp's webhook /hooks/{}", p.name),
-        Catch::Kafka(k) => format!("Kafka topic {} (connection {})", k.topic, k.connection),
-    };
-    (inject, catch)
+    (p.inject.end().description, p.catch.end(&p.name).description)
 }
 
 /// YAML double-quoted string.

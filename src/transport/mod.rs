@@ -1,43 +1,257 @@
-//! Transports: where canaries go in (inject) and come out (catch). Each
-//! transport has the same shape: a connection or client, an injector that
-//! sends one canary and confirms it, and a catch side that hands every message
-//! it sees to the probe. The set is closed, so it is an enum.
+//! Transports: where canaries go in (inject) and come out (catch). Every
+//! transport has the same shape, `transport/<name>/{mod, config, inject,
+//! catch, tests}.rs`, and this file is the only one that names them all: the
+//! config enums (`{nats: {...}}` in `probes.yaml`) and the few matches that
+//! connect, build an injector and start a catch. The rest of chirp talks to
+//! the small traits below, so it never names a transport.
 
 pub mod http;
 pub mod kafka;
 pub mod nats;
 
-use crate::probe::ledger::FailureKind;
+use crate::canary::Signer;
+use crate::config::errors::{hint, Problems};
+use crate::outcome::{FailureKind, Stray, Verdict};
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `{<transport>: {...}}`: a mapping with exactly one key naming the transport.
+macro_rules! one_transport {
+    ($ty:ident { $($name:literal => $variant:ident($inner:ty)),* $(,)? }) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                use serde::de::{Error, MapAccess, Visitor};
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a mapping naming one transport, e.g. `nats: {...}`")
+                    }
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<$ty, A::Error> {
+                        let Some(key) = map.next_key::<String>()? else {
+                            return Err(A::Error::invalid_length(0, &"one transport"));
+                        };
+                        let value = match key.as_str() {
+                            $($name => $ty::$variant(map.next_value::<$inner>()?),)*
+                            other => return Err(A::Error::unknown_variant(other, &[$($name),*])),
+                        };
+                        if map.next_key::<String>()?.is_some() {
+                            return Err(A::Error::invalid_length(2, &"one transport"));
+                        }
+                        Ok(value)
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+    };
+}
+
+/// A named broker client (`connections:`), shared by the probes that name it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConnectionConfig {
+    Nats(nats::config::ConnectionConfig),
+    Kafka(kafka::config::ConnectionConfig),
+}
+
+/// Where a probe's canaries go in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InjectConfig {
+    Nats(nats::config::InjectConfig),
+    Http(http::config::InjectConfig),
+    Kafka(kafka::config::InjectConfig),
+}
+
+/// Where a probe's canaries come out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CatchConfig {
+    Nats(nats::config::CatchConfig),
+    Http(http::config::CatchConfig),
+    Kafka(kafka::config::CatchConfig),
+}
+
+one_transport!(ConnectionConfig {
+    "nats" => Nats(nats::config::ConnectionConfig),
+    "kafka" => Kafka(kafka::config::ConnectionConfig),
+});
+one_transport!(InjectConfig {
+    "nats" => Nats(nats::config::InjectConfig),
+    "http" => Http(http::config::InjectConfig),
+    "kafka" => Kafka(kafka::config::InjectConfig),
+});
+one_transport!(CatchConfig {
+    "nats" => Nats(nats::config::CatchConfig),
+    "http" => Http(http::config::CatchConfig),
+    "kafka" => Kafka(kafka::config::CatchConfig),
+});
+
+impl ConnectionConfig {
+    pub fn system(&self) -> &'static str {
+        match self {
+            ConnectionConfig::Nats(_) => "nats",
+            ConnectionConfig::Kafka(_) => "kafka",
+        }
+    }
+
+    pub fn validate(&self, path: &str, p: &mut Problems) {
+        let path = format!("{path}.{}", self.system());
+        match self {
+            ConnectionConfig::Nats(c) => c.validate(&path, p),
+            ConnectionConfig::Kafka(c) => c.validate(&path, p),
+        }
+    }
+}
+
+/// One end of a probe, for labels, span names and alert texts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct End {
+    /// The transport: `nats`, `kafka`, `http`.
+    pub system: &'static str,
+    /// Subject or topic; none for webhooks (URLs may carry credentials).
+    pub destination: Option<String>,
+    /// The named connection, if any.
+    pub connection: Option<String>,
+    /// For people: "NATS subject orders.in (connection main)".
+    pub description: String,
+}
+
+impl InjectConfig {
+    pub fn end(&self) -> End {
+        match self {
+            InjectConfig::Nats(c) => nats::config::end(&c.subject, &c.connection),
+            InjectConfig::Http(c) => http::config::inject_end(c),
+            InjectConfig::Kafka(c) => kafka::config::end(&c.topic, &c.connection),
+        }
+    }
+
+    pub fn system(&self) -> &'static str {
+        self.end().system
+    }
+
+    pub fn validate(
+        &self,
+        path: &str,
+        conns: &BTreeMap<String, ConnectionConfig>,
+        p: &mut Problems,
+    ) {
+        let path = format!("{path}.{}", self.system());
+        match self {
+            InjectConfig::Nats(c) => c.validate(&path, p),
+            InjectConfig::Http(c) => c.validate(&path, p),
+            InjectConfig::Kafka(c) => c.validate(&path, p),
+        }
+        check_connection(&self.end(), &path, conns, p);
+    }
+
+    /// Whether this inject sends to chirp's own listener (the self-test loop).
+    pub fn needs_listener(&self) -> bool {
+        matches!(self, InjectConfig::Http(c) if c.url.expose().starts_with('/'))
+    }
+}
+
+impl CatchConfig {
+    /// `probe` names the webhook path of an HTTP catch.
+    pub fn end(&self, probe: &str) -> End {
+        match self {
+            CatchConfig::Nats(c) => nats::config::end(&c.subject, &c.connection),
+            CatchConfig::Http(_) => http::config::catch_end(probe),
+            CatchConfig::Kafka(c) => kafka::config::end(&c.topic, &c.connection),
+        }
+    }
+
+    pub fn system(&self) -> &'static str {
+        self.end("").system
+    }
+
+    pub fn validate(
+        &self,
+        path: &str,
+        conns: &BTreeMap<String, ConnectionConfig>,
+        p: &mut Problems,
+    ) {
+        let path = format!("{path}.{}", self.system());
+        match self {
+            CatchConfig::Nats(c) => c.validate(&path, p),
+            CatchConfig::Http(c) => c.validate(&path, p),
+            CatchConfig::Kafka(c) => c.validate(&path, p),
+        }
+        check_connection(&self.end(""), &path, conns, p);
+    }
+
+    /// Whether this catch is chirp's own webhook receiver.
+    pub fn needs_listener(&self) -> bool {
+        matches!(self, CatchConfig::Http(_))
+    }
+}
+
+/// The named connection exists and is of the end's transport.
+fn check_connection(
+    end: &End,
+    path: &str,
+    conns: &BTreeMap<String, ConnectionConfig>,
+    p: &mut Problems,
+) {
+    let Some(name) = &end.connection else { return };
+    let path = format!("{path}.connection");
+    match conns.get(name) {
+        Some(c) if c.system() == end.system => {}
+        Some(c) => p.add(
+            path,
+            format!(
+                "connection `{name}` is a {} connection; this transport needs a {} one",
+                c.system(),
+                end.system
+            ),
+        ),
+        None => {
+            let names: Vec<&str> = conns.keys().map(String::as_str).collect();
+            let more = match hint(name, &names) {
+                h if !h.is_empty() => h,
+                _ if names.is_empty() => "; define it under `connections:`".to_owned(),
+                _ => format!("; defined connections: {}", names.join(", ")),
+            };
+            p.add(path, format!("no connection named `{name}`{more}"));
+        }
+    }
+}
 
 /// One canary ready to send.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub token: String,
     pub body: Bytes,
-    /// The Kafka partition, in per-partition mode.
+    /// The partition, in per-partition mode.
     pub partition: Option<i32>,
-    /// The Kafka record key (the probe's name), so a probe's canaries share a partition.
+    /// The record key where the transport has one (the probe's name), so a
+    /// probe's canaries share a partition and its ordering.
     pub key: String,
-    /// The W3C `traceparent` header of the canary's span, when tracing.
+    /// The W3C `traceparent` of the canary's span, when tracing.
     pub traceparent: Option<String>,
 }
 
-/// A publish the producer refused.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
+/// A publish the producer refused, classified by the transport that saw it.
+#[derive(Debug, thiserror::Error)]
+#[error("publish failed ({})", .kind.as_str())]
 pub struct PublishError {
     pub kind: FailureKind,
-    pub message: String,
+    #[source]
+    pub source: BoxError,
 }
 
 impl PublishError {
-    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+    pub fn new(kind: FailureKind, source: impl Into<BoxError>) -> Self {
         PublishError {
             kind,
-            message: message.into(),
+            source: source.into(),
         }
     }
 }
@@ -53,33 +267,253 @@ pub enum Ack {
     Unconfirmed,
 }
 
-/// Waits for the broker's answer to one publish, up to the given timeout.
+/// Waits for the broker's answer to one publish, bounded by the publish timeout.
 pub type Confirm = BoxFuture<'static, Result<Ack, PublishError>>;
 
 /// Where a probe's canaries are sent.
-pub enum Injector {
-    Nats(nats::NatsInjector),
-    Http(http::HttpInjector),
-    Kafka(kafka::KafkaInjector),
+#[async_trait::async_trait]
+pub trait Inject: Send + Sync {
+    /// Hands one canary to the client, in schedule order. The returned
+    /// future waits for the confirmation and may run concurrently with later sends.
+    async fn send(&self, msg: Outgoing) -> Result<Confirm, PublishError>;
+
+    /// Whether the client is connected now (`chirp_probe_up`).
+    fn is_up(&self) -> bool;
+
+    /// In per-partition mode, the partitions canaries go to (one lane
+    /// each), updated when the topic grows; `None` for a single lane.
+    fn lanes(&self) -> Option<tokio::sync::watch::Receiver<Vec<i32>>> {
+        None
+    }
 }
 
-impl Injector {
-    /// Hands the canary to the client, in schedule order. The returned future
-    /// waits for the confirmation and may run concurrently with later sends.
-    pub async fn send(&self, msg: Outgoing, timeout: Duration) -> Result<Confirm, PublishError> {
-        match self {
-            Injector::Nats(n) => n.send(msg, timeout).await,
-            Injector::Http(h) => Ok(h.send(msg, timeout)),
-            Injector::Kafka(k) => k.send(msg),
+/// A running catch side.
+#[async_trait::async_trait]
+pub trait CatchHandle: Send + Sync {
+    /// Whether the client is connected now (`chirp_probe_up`).
+    fn is_up(&self) -> bool;
+
+    /// Resolves once the catch side is confirmed listening, so the first
+    /// canaries cannot pass by a subscription still on its way. False if
+    /// chirp stopped first.
+    async fn ready(&self, stop: &CancellationToken) -> bool;
+}
+
+/// One message as a catch side saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Caught<'a> {
+    /// The `Chirp-Token` header, where the transport has headers.
+    pub token: Option<&'a str>,
+    /// The `traceparent` header.
+    pub traceparent: Option<&'a str>,
+    pub body: &'a [u8],
+    /// When it was taken from the client.
+    pub at: Instant,
+}
+
+/// Where a catch side hands every message it sees (implemented by the probe).
+pub trait CatchSink: Send + Sync {
+    fn name(&self) -> &str;
+    /// Classifies and records one message.
+    fn on_message(&self, msg: Caught<'_>) -> Verdict;
+    /// Counts a message refused before it could be read (a bad webhook signature).
+    fn on_stray(&self, kind: Stray);
+}
+
+/// A connection, injector or catch that could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct SetupError {
+    /// "connection `main`", "probe `orders`: catch".
+    pub what: String,
+    /// The target could not be reached or does not exist (exit 3), as
+    /// opposed to a local mistake.
+    pub unreachable: bool,
+    #[source]
+    pub source: BoxError,
+}
+
+impl SetupError {
+    pub fn new(what: impl Into<String>, unreachable: bool, source: impl Into<BoxError>) -> Self {
+        SetupError {
+            what: what.into(),
+            unreachable,
+            source: source.into(),
         }
     }
+}
 
-    /// Whether the client is connected now (for `/readyz`).
-    pub fn is_connected(&self) -> bool {
-        match self {
-            Injector::Nats(n) => n.is_connected(),
-            Injector::Http(_) => true,
-            Injector::Kafka(k) => k.is_connected(),
+/// What building injectors and catches needs from the runtime.
+#[derive(Clone)]
+pub struct Context {
+    /// Random per process start; names default consumer groups.
+    pub run_id: u64,
+    /// Signs webhook bodies; the webhook receiver's default key.
+    pub signer: Signer,
+    /// `http://host:port` of chirp's own listener, when it has one.
+    pub listener: Option<String>,
+    /// Fail when a target cannot be reached at start (`check`), instead of
+    /// retrying in the background (`run`).
+    pub fail_fast: bool,
+    /// Ends catch loops and background watchers.
+    pub stop: CancellationToken,
+    /// Every task a transport spawns, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// chirp's webhook receivers, by probe.
+    pub hooks: Arc<http::Hooks>,
+}
+
+/// The connected named clients.
+#[derive(Default)]
+pub struct Connections {
+    nats: BTreeMap<String, nats::Connected>,
+    kafka: BTreeMap<String, kafka::Connected>,
+}
+
+/// Connects every named connection a probe uses. `ends` are the probes'
+/// inject and catch settings (the embedded Kafka cluster creates their topics).
+pub async fn connect(
+    configs: &BTreeMap<String, ConnectionConfig>,
+    ends: &[(&InjectConfig, &CatchConfig)],
+    ctx: &Context,
+) -> Result<Connections, SetupError> {
+    let mut out = Connections::default();
+    for (name, config) in configs {
+        let destinations: Vec<String> = ends
+            .iter()
+            .flat_map(|(i, c)| [i.end(), c.end("")])
+            .filter(|e| e.connection.as_deref() == Some(name))
+            .filter_map(|e| e.destination)
+            .collect();
+        if destinations.is_empty() {
+            continue;
         }
+        match config {
+            ConnectionConfig::Nats(c) => {
+                out.nats
+                    .insert(name.clone(), nats::connect(name, c, ctx).await?);
+            }
+            ConnectionConfig::Kafka(c) => {
+                out.kafka
+                    .insert(name.clone(), kafka::connect(name, c, destinations)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Connections {
+    /// Builds the injector of a probe named `probe`.
+    pub async fn inject(
+        &self,
+        config: &InjectConfig,
+        probe: &str,
+        publish_timeout: Duration,
+        ctx: &Context,
+    ) -> Result<Arc<dyn Inject>, SetupError> {
+        Ok(match config {
+            InjectConfig::Nats(c) => Arc::new(nats::inject::NatsInject::new(
+                &self.nats[&c.connection],
+                c,
+                publish_timeout,
+            )),
+            InjectConfig::Http(c) => Arc::new(http::inject::HttpInject::new(
+                c,
+                probe,
+                publish_timeout,
+                ctx,
+            )?),
+            InjectConfig::Kafka(c) => {
+                kafka::inject::build(&self.kafka[&c.connection], c, probe, publish_timeout, ctx)
+                    .await?
+            }
+        })
+    }
+
+    /// Starts the catch side of a probe, handing every message to `sink`.
+    pub async fn catch(
+        &self,
+        config: &CatchConfig,
+        sink: Arc<dyn CatchSink>,
+        ctx: &Context,
+    ) -> Result<Arc<dyn CatchHandle>, SetupError> {
+        Ok(match config {
+            CatchConfig::Nats(c) => {
+                nats::catch::start(&self.nats[&c.connection], c, sink, ctx).await?
+            }
+            CatchConfig::Http(c) => http::catch::start(c, sink, ctx),
+            CatchConfig::Kafka(c) => {
+                kafka::catch::start(&self.kafka[&c.connection], c, sink, ctx).await?
+            }
+        })
+    }
+
+    /// Closes the clients (after every task using them has stopped).
+    pub async fn close(self) {
+        for (_, k) in self.kafka {
+            k.close().await;
+        }
+        drop(self.nats);
+    }
+}
+
+/// The error and its sources, joined by `: ` (for log lines).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// The failure kind an operating-system error in the chain says, if any.
+pub fn classify_io(e: &(dyn std::error::Error + 'static)) -> Option<FailureKind> {
+    use std::io::ErrorKind as K;
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(match io.kind() {
+                K::TimedOut | K::WouldBlock => FailureKind::Timeout,
+                K::PermissionDenied => FailureKind::Auth,
+                K::ConnectionRefused
+                | K::ConnectionReset
+                | K::ConnectionAborted
+                | K::NotConnected
+                | K::BrokenPipe
+                | K::AddrNotAvailable
+                | K::HostUnreachable
+                | K::NetworkUnreachable
+                | K::NetworkDown
+                | K::UnexpectedEof => FailureKind::Unavailable,
+                _ => FailureKind::Other,
+            });
+        }
+        cur = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operating_system_errors_anywhere_in_the_chain_are_classified() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("request failed")]
+        struct Outer(#[source] std::io::Error);
+        let refused = Outer(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(classify_io(&refused), Some(FailureKind::Unavailable));
+        let timed_out = Outer(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert_eq!(classify_io(&timed_out), Some(FailureKind::Timeout));
+        let plain: BoxError = "no io error here".into();
+        assert_eq!(classify_io(plain.as_ref()), None);
+        assert_eq!(chain(&refused), "request failed: connection refused");
     }
 }

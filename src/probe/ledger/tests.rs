@@ -13,7 +13,7 @@ async fn send_n(l: &mut Ledger, n: u64) -> Vec<u64> {
     for _ in 0..n {
         let (_, at) = l.next_slot();
         tokio::time::sleep_until(at).await;
-        seqs.push(l.send(Instant::now()));
+        seqs.push(l.send(Instant::now(), &mut Vec::new()));
         assert!(l.counts().invariant_holds());
     }
     seqs
@@ -25,9 +25,9 @@ async fn latency_is_measured_from_the_intended_slot() {
     let (seq, intended) = l.next_slot();
     // The producer stalls 30 ms past the slot before sending.
     advance(30 * MS).await;
-    assert_eq!(l.send(Instant::now()), seq);
+    assert_eq!(l.send(Instant::now(), &mut Vec::new()), seq);
     advance(20 * MS).await;
-    let got = l.caught(seq, Instant::now());
+    let got = l.caught(seq, Instant::now(), &mut Vec::new());
     assert_eq!(
         got,
         Arrival::Delivered {
@@ -47,15 +47,19 @@ async fn latency_is_measured_from_the_intended_slot() {
 async fn deadline_resolves_uncaught_canaries_as_lost_exactly_once() {
     let mut l = ledger();
     let seqs = send_n(&mut l, 5).await; // sent at 0, 100, ..., 400 ms
-    l.caught(seqs[1], Instant::now());
+    l.caught(seqs[1], Instant::now(), &mut Vec::new());
     // At 999 ms nothing has expired yet; at 1000 ms the first one has.
     advance(599 * MS).await;
-    assert_eq!(l.expire(Instant::now()), 0);
+    assert_eq!(l.expire(Instant::now(), &mut Vec::new()), 0);
     advance(MS).await;
-    assert_eq!(l.expire(Instant::now()), 1);
-    assert_eq!(l.expire(Instant::now()), 0);
+    assert_eq!(l.expire(Instant::now(), &mut Vec::new()), 1);
+    assert_eq!(l.expire(Instant::now(), &mut Vec::new()), 0);
     advance(400 * MS).await;
-    assert_eq!(l.expire(Instant::now()), 3, "seq 1 was delivered, not lost");
+    assert_eq!(
+        l.expire(Instant::now(), &mut Vec::new()),
+        3,
+        "seq 1 was delivered, not lost"
+    );
     let c = l.counts();
     assert_eq!((c.sent, c.delivered, c.lost, c.in_flight), (5, 1, 4, 0));
     assert!(c.invariant_holds());
@@ -67,10 +71,13 @@ async fn catch_after_the_deadline_is_lost_and_late_even_before_the_sweep() {
     let mut l = ledger();
     let seqs = send_n(&mut l, 1).await;
     advance(1000 * MS).await;
-    assert_eq!(l.caught(seqs[0], Instant::now()), Arrival::Late);
+    assert_eq!(
+        l.caught(seqs[0], Instant::now(), &mut Vec::new()),
+        Arrival::Late
+    );
     let c = l.counts();
     assert_eq!((c.delivered, c.lost, c.late, c.in_flight), (0, 1, 1, 0));
-    assert_eq!(l.expire(Instant::now()), 0);
+    assert_eq!(l.expire(Instant::now(), &mut Vec::new()), 0);
     assert!(l.counts().invariant_holds());
 }
 
@@ -79,33 +86,48 @@ async fn duplicates_late_and_reordered_are_observations_not_outcomes() {
     let mut l = ledger();
     let s = send_n(&mut l, 4).await;
     assert!(matches!(
-        l.caught(s[1], Instant::now()),
+        l.caught(s[1], Instant::now(), &mut Vec::new()),
         Arrival::Delivered {
             reordered: false,
             ..
         }
     ));
     assert!(matches!(
-        l.caught(s[0], Instant::now()),
+        l.caught(s[0], Instant::now(), &mut Vec::new()),
         Arrival::Delivered {
             reordered: true,
             ..
         }
     ));
-    assert_eq!(l.caught(s[0], Instant::now()), Arrival::Duplicate);
-    assert_eq!(l.caught(s[1], Instant::now()), Arrival::Duplicate);
+    assert_eq!(
+        l.caught(s[0], Instant::now(), &mut Vec::new()),
+        Arrival::Duplicate
+    );
+    assert_eq!(
+        l.caught(s[1], Instant::now(), &mut Vec::new()),
+        Arrival::Duplicate
+    );
     assert!(matches!(
-        l.caught(s[3], Instant::now()),
+        l.caught(s[3], Instant::now(), &mut Vec::new()),
         Arrival::Delivered {
             reordered: false,
             ..
         }
     ));
     advance(2000 * MS).await;
-    assert_eq!(l.expire(Instant::now()), 1);
-    assert_eq!(l.caught(s[2], Instant::now()), Arrival::Late);
-    assert_eq!(l.caught(s[3], Instant::now()), Arrival::Duplicate);
-    assert_eq!(l.caught(99, Instant::now()), Arrival::NeverSent);
+    assert_eq!(l.expire(Instant::now(), &mut Vec::new()), 1);
+    assert_eq!(
+        l.caught(s[2], Instant::now(), &mut Vec::new()),
+        Arrival::Late
+    );
+    assert_eq!(
+        l.caught(s[3], Instant::now(), &mut Vec::new()),
+        Arrival::Duplicate
+    );
+    assert_eq!(
+        l.caught(99, Instant::now(), &mut Vec::new()),
+        Arrival::NeverSent
+    );
     let c = l.counts();
     assert_eq!(
         (
@@ -126,18 +148,26 @@ async fn duplicates_late_and_reordered_are_observations_not_outcomes() {
 async fn publish_failure_resolves_only_in_flight_canaries() {
     let mut l = ledger();
     let s = send_n(&mut l, 3).await;
-    assert!(l.publish_failed(s[0], FailureKind::Unavailable));
+    assert!(l.publish_failed(
+        s[0],
+        FailureKind::Unavailable,
+        Instant::now(),
+        &mut Vec::new()
+    ));
     assert!(
-        !l.publish_failed(s[0], FailureKind::Timeout),
+        !l.publish_failed(s[0], FailureKind::Timeout, Instant::now(), &mut Vec::new()),
         "resolved once"
     );
-    l.caught(s[1], Instant::now());
+    l.caught(s[1], Instant::now(), &mut Vec::new());
     assert!(
-        !l.publish_failed(s[1], FailureKind::Other),
+        !l.publish_failed(s[1], FailureKind::Other, Instant::now(), &mut Vec::new()),
         "a delivered canary stays delivered"
     );
     // A canary whose publish failed but that arrives anyway is late, not delivered.
-    assert_eq!(l.caught(s[0], Instant::now()), Arrival::Late);
+    assert_eq!(
+        l.caught(s[0], Instant::now(), &mut Vec::new()),
+        Arrival::Late
+    );
     let c = l.counts();
     assert_eq!(
         (c.sent, c.delivered, c.publish_failed, c.in_flight, c.late),
@@ -154,17 +184,17 @@ async fn memory_is_bounded_and_old_arrivals_are_late() {
     for _ in 0..5000 {
         let (_, at) = l.next_slot();
         tokio::time::sleep_until(at).await;
-        let seq = l.send(Instant::now());
-        l.expire(Instant::now());
+        let seq = l.send(Instant::now(), &mut Vec::new());
+        l.expire(Instant::now(), &mut Vec::new());
         if seq % 2 == 0 {
-            l.caught(seq, Instant::now());
+            l.caught(seq, Instant::now(), &mut Vec::new());
         }
     }
     assert!(l.states.len() <= MIN_RETAIN);
     // Sequence 0 was delivered long ago and has been forgotten: counted late.
-    assert_eq!(l.caught(0, Instant::now()), Arrival::Late);
+    assert_eq!(l.caught(0, Instant::now(), &mut Vec::new()), Arrival::Late);
     advance(20 * MS).await;
-    l.expire(Instant::now());
+    l.expire(Instant::now(), &mut Vec::new());
     let c = l.counts();
     assert_eq!(
         (c.sent, c.delivered, c.lost, c.in_flight),
@@ -179,13 +209,73 @@ async fn next_expiry_skips_resolved_canaries() {
     let s = send_n(&mut l, 3).await; // intended at 0, 100, 200 ms
     let t0 = l.intended(0);
     assert_eq!(l.next_expiry(), Some(t0 + 1000 * MS));
-    l.caught(s[0], Instant::now());
-    l.caught(s[1], Instant::now());
+    l.caught(s[0], Instant::now(), &mut Vec::new());
+    l.caught(s[1], Instant::now(), &mut Vec::new());
     assert_eq!(
         l.next_expiry(),
         Some(t0 + 1200 * MS),
         "only seq 2 can still expire"
     );
-    l.caught(s[2], Instant::now());
+    l.caught(s[2], Instant::now(), &mut Vec::new());
     assert_eq!(l.next_expiry(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_resolution_is_reported_once_as_an_event() {
+    let mut l = ledger();
+    let mut ev = Vec::new();
+    let s0 = l.send(Instant::now(), &mut ev);
+    let slot0 = l.intended(s0);
+    assert_eq!(
+        ev,
+        [LedgerEvent::Sent {
+            seq: 0,
+            slot: slot0,
+            lag: Duration::ZERO
+        }]
+    );
+    ev.clear();
+    advance(100 * MS).await;
+    let s1 = l.send(Instant::now(), &mut ev);
+    advance(100 * MS).await;
+    let s2 = l.send(Instant::now(), &mut ev);
+    ev.clear();
+    advance(5 * MS).await;
+    l.caught(s1, Instant::now(), &mut ev);
+    l.caught(s1, Instant::now(), &mut ev); // a duplicate resolves nothing
+    assert_eq!(
+        ev,
+        [LedgerEvent::Resolved {
+            seq: s1,
+            slot: l.intended(s1),
+            resolution: Resolution::Delivered { latency: 105 * MS },
+            at: Instant::now(),
+        }]
+    );
+    ev.clear();
+    assert!(l.publish_failed(s2, FailureKind::Auth, Instant::now(), &mut ev));
+    assert!(!l.publish_failed(s2, FailureKind::Auth, Instant::now(), &mut ev));
+    advance(1000 * MS).await;
+    assert_eq!(l.expire(Instant::now(), &mut ev), 1);
+    let kinds: Vec<(u64, Resolution)> = ev
+        .iter()
+        .filter_map(|e| match e {
+            LedgerEvent::Resolved {
+                seq, resolution, ..
+            } => Some((*seq, *resolution)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (s2, Resolution::PublishFailed(FailureKind::Auth)),
+            (s0, Resolution::Lost)
+        ]
+    );
+    let c = l.counts();
+    assert_eq!(
+        (c.delivered, c.lost, c.publish_failed, c.in_flight),
+        (1, 1, 1, 0)
+    );
 }

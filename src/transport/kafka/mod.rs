@@ -6,22 +6,22 @@
 //! and no offsets committed anywhere unless configured. Also the embedded
 //! test cluster (librdkafka's mock cluster) for trying chirp out.
 
-use super::{Ack, Confirm, Outgoing, PublishError};
-use crate::canary;
-use crate::config::{KafkaBrokers, KafkaCatch, KafkaConnection};
-use crate::probe::ledger::FailureKind;
-use crate::probe::Probe;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+pub mod catch;
+pub mod config;
+pub mod inject;
+#[cfg(test)]
+mod tests;
+
+use crate::outcome::FailureKind;
+use crate::transport::{PublishError, SetupError};
+use config::{Brokers, ConnectionConfig};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
-use std::collections::BTreeSet;
+use rdkafka::producer::FutureProducer;
+use rdkafka::{ClientConfig, ClientContext};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// How long a metadata or watermark request may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,16 +33,35 @@ pub const EMBEDDED_PARTITIONS: i32 = 3;
 /// Why a Kafka client could not be built or a topic read.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
-    #[error("cannot create the Kafka client: {0}")]
-    Client(KafkaError),
-    #[error("cannot read topic `{topic}` from the brokers: {source}")]
-    Metadata { topic: String, source: KafkaError },
+    #[error("cannot create the Kafka client")]
+    Client(#[source] KafkaError),
+    #[error("cannot read topic `{topic}` from the brokers")]
+    Metadata {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
     #[error("topic `{0}` does not exist (or has no partitions)")]
     NoTopic(String),
-    #[error("cannot start the embedded test cluster: {0}")]
-    Embedded(KafkaError),
-    #[error("cannot start the embedded test cluster's thread: {0}")]
-    Thread(std::io::Error),
+    #[error("cannot start the embedded test cluster")]
+    Embedded(#[source] KafkaError),
+    #[error("cannot start the embedded test cluster's thread")]
+    Thread(#[source] std::io::Error),
+}
+
+impl KafkaSetupError {
+    /// A broker or topic that is not there, as opposed to a local problem.
+    fn unreachable(&self) -> bool {
+        matches!(
+            self,
+            KafkaSetupError::Metadata { .. } | KafkaSetupError::NoTopic(_)
+        )
+    }
+
+    pub(crate) fn setup(self, what: impl Into<String>) -> SetupError {
+        let unreachable = self.unreachable();
+        SetupError::new(what, unreachable, self)
+    }
 }
 
 /// Tracks whether the brokers answer, from librdkafka's error callbacks and our metadata reads.
@@ -88,9 +107,9 @@ impl Health {
 /// librdkafka callbacks routed to our logs and health flag. librdkafka's own
 /// chatter goes to debug level: a broker restart is one warning, not fifty.
 #[derive(Clone)]
-pub struct Context(Arc<Health>);
+pub struct Callbacks(Arc<Health>);
 
-impl ClientContext for Context {
+impl ClientContext for Callbacks {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
         match level {
@@ -114,7 +133,7 @@ impl ClientContext for Context {
     }
 }
 
-impl rdkafka::consumer::ConsumerContext for Context {}
+impl rdkafka::consumer::ConsumerContext for Callbacks {}
 
 /// The embedded test cluster: librdkafka's mock cluster, a Kafka stand-in
 /// that lives inside this process. It is owned by its own thread (the
@@ -175,7 +194,7 @@ impl Drop for Embedded {
 
 /// librdkafka settings for a connection: brokers, TLS, SASL, then the
 /// user's pass-through properties (which win).
-pub fn client_config(conn: &KafkaConnection, bootstrap: &str) -> ClientConfig {
+pub fn client_config(conn: &ConnectionConfig, bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap);
     let protocol = match (&conn.tls, &conn.sasl) {
@@ -207,199 +226,56 @@ pub fn client_config(conn: &KafkaConnection, bootstrap: &str) -> ClientConfig {
     c
 }
 
-/// The bootstrap address of a connection (the embedded cluster's, if embedded).
-pub fn bootstrap<'a>(conn: &'a KafkaConnection, embedded: Option<&'a Embedded>) -> &'a str {
-    match (&conn.brokers, embedded) {
-        (KafkaBrokers::List(b), _) => b,
-        (KafkaBrokers::Embedded, Some(e)) => &e.bootstrap,
-        (KafkaBrokers::Embedded, None) => "",
-    }
+/// A named Kafka connection: its settings, broker health, the embedded
+/// cluster when it is one, and the producers its probes share (one per
+/// `acks` and publish timeout).
+pub struct Connected {
+    base: ClientConfig,
+    pub health: Arc<Health>,
+    embedded: Option<Embedded>,
+    producers: Mutex<HashMap<(String, u128), FutureProducer<Callbacks>>>,
 }
 
-/// A producer configured for canaries.
-pub fn producer(
-    base: &ClientConfig,
-    health: Arc<Health>,
-    acks: &str,
-    timeout: Duration,
-) -> Result<FutureProducer<Context>, KafkaSetupError> {
-    let mut c = base.clone();
-    let idempotent = matches!(acks, "all" | "-1");
-    c.set("acks", acks)
-        .set(
-            "enable.idempotence",
-            if idempotent { "true" } else { "false" },
-        )
-        // A canary must not wait in a batch.
-        .set("linger.ms", "0")
-        // librdkafka gives up on a record after this: a definitive publish failure.
-        .set("message.timeout.ms", timeout.as_millis().max(1).to_string());
-    c.create_with_context(Context(health))
-        .map_err(KafkaSetupError::Client)
+/// Sets up the connection `name`; with embedded brokers, starts the test
+/// cluster with `topics` created.
+pub fn connect(
+    name: &str,
+    conn: &ConnectionConfig,
+    topics: Vec<String>,
+) -> Result<Connected, SetupError> {
+    let mut embedded = None;
+    let bootstrap = match &conn.brokers {
+        Brokers::List(b) => b.clone(),
+        Brokers::Embedded => {
+            let mut topics = topics;
+            topics.sort();
+            topics.dedup();
+            let e = Embedded::start(topics).map_err(|e| e.setup(format!("connection `{name}`")))?;
+            tracing::info!(
+                connection = %name,
+                bootstrap = %e.bootstrap,
+                "Started the embedded Kafka test cluster (librdkafka's mock cluster inside chirp, not a Kafka broker)."
+            );
+            let b = e.bootstrap.clone();
+            embedded = Some(e);
+            b
+        }
+    };
+    Ok(Connected {
+        base: client_config(conn, &bootstrap),
+        health: Health::new(name),
+        embedded,
+        producers: Mutex::new(HashMap::new()),
+    })
 }
 
-/// How to make (or remake) a probe's producer.
-#[derive(Clone)]
-pub struct ProducerRecipe {
-    pub base: ClientConfig,
-    pub acks: String,
-    pub timeout: Duration,
-}
-
-impl ProducerRecipe {
-    pub fn build(&self, health: &Arc<Health>) -> Result<FutureProducer<Context>, KafkaSetupError> {
-        producer(&self.base, Arc::clone(health), &self.acks, self.timeout)
-    }
-}
-
-/// Delivery timeouts in a row, while the brokers answer, after which the
-/// producer is considered stuck and remade.
-const STUCK_AFTER: u64 = 5;
-
-pub struct KafkaInjector {
-    producer: std::sync::RwLock<FutureProducer<Context>>,
-    recipe: ProducerRecipe,
-    topic: String,
-    headers: Vec<(String, String)>,
-    health: Arc<Health>,
-    /// Delivery timeouts since the last successful delivery.
-    timeouts: Arc<std::sync::atomic::AtomicU64>,
-    last_rebuild: Mutex<Instant>,
-}
-
-impl KafkaInjector {
-    pub fn new(
-        producer: FutureProducer<Context>,
-        recipe: ProducerRecipe,
-        topic: String,
-        headers: Vec<(String, String)>,
-        health: Arc<Health>,
-    ) -> Self {
-        KafkaInjector {
-            producer: std::sync::RwLock::new(producer),
-            recipe,
-            topic,
-            headers,
-            health,
-            timeouts: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-            last_rebuild: Mutex::new(Instant::now()),
-        }
-    }
-
-    fn current(&self) -> FutureProducer<Context> {
-        self.producer
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Remakes the producer when it failed fatally, or when it keeps timing
-    /// out while the brokers answer: an idempotent producer can stay wedged
-    /// after its broker lost the producer state (a restart without storage),
-    /// and a new producer (a new producer id) is the way out.
-    fn heal(&self) {
-        let current = self.current();
-        let fatal = current.client().fatal_error();
-        let stuck = self.timeouts.load(Ordering::Relaxed) >= STUCK_AFTER && self.health.is_up();
-        if fatal.is_none() && !stuck {
-            return;
-        }
-        let mut last = self.last_rebuild.lock().unwrap_or_else(|p| p.into_inner());
-        if last.elapsed() < (self.recipe.timeout * 2).max(Duration::from_secs(10)) {
-            return;
-        }
-        *last = Instant::now();
-        match self.recipe.build(&self.health) {
-            Ok(fresh) => {
-                match &fatal {
-                    Some((code, reason)) => {
-                        tracing::warn!(topic = %self.topic, error = ?code, reason = %reason, "The Kafka producer failed fatally; making a new one.")
-                    }
-                    None => {
-                        tracing::warn!(topic = %self.topic, "The Kafka producer keeps timing out while the brokers answer; making a new one.")
-                    }
-                }
-                let old = std::mem::replace(
-                    &mut *self.producer.write().unwrap_or_else(|p| p.into_inner()),
-                    fresh,
-                );
-                self.timeouts.store(0, Ordering::Relaxed);
-                // Dropping a producer purges its queue and may block briefly.
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn_blocking(move || drop(old));
-                }
-            }
-            Err(e) => {
-                tracing::warn!(topic = %self.topic, error = %e, "Cannot make a new Kafka producer.")
-            }
-        }
-    }
-
-    pub fn send(&self, msg: Outgoing) -> Result<Confirm, PublishError> {
-        self.heal();
-        let producer = self.current();
-        let mut headers = OwnedHeaders::new_with_capacity(self.headers.len() + 1);
-        for (k, v) in &self.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v.as_bytes()),
-            });
-        }
-        headers = headers.insert(Header {
-            key: canary::HEADER,
-            value: Some(msg.token.as_bytes()),
-        });
-        if let Some(tp) = &msg.traceparent {
-            headers = headers.insert(Header {
-                key: crate::otlp::trace::TRACEPARENT,
-                value: Some(tp.as_bytes()),
-            });
-        }
-        let mut record = FutureRecord::to(&self.topic)
-            .payload(&msg.body[..])
-            .key(msg.key.as_bytes())
-            .headers(headers);
-        if let Some(p) = msg.partition {
-            record = record.partition(p);
-        }
-        match producer.send_result(record) {
-            Err((e, _)) => Err(classify(&e)),
-            Ok(delivery) => {
-                let health = Arc::clone(&self.health);
-                let timeouts = Arc::clone(&self.timeouts);
-                Ok(Box::pin(async move {
-                    match delivery.await {
-                        Ok(Ok(_)) => {
-                            health.set(true);
-                            timeouts.store(0, Ordering::Relaxed);
-                            Ok(Ack::Confirmed)
-                        }
-                        Ok(Err((e, _))) => {
-                            let failure = classify(&e);
-                            if failure.kind == FailureKind::Timeout {
-                                timeouts.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(failure)
-                        }
-                        Err(_) => Err(PublishError::new(
-                            FailureKind::Other,
-                            "the producer was closed before the delivery report",
-                        )),
-                    }
-                }))
-            }
-        }
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.health.is_up()
-    }
-
-    /// Reads the topic's partitions, marking the brokers up or down.
-    pub fn partitions(&self) -> Result<Vec<i32>, KafkaSetupError> {
-        let r = partitions_of(self.current().client(), &self.topic);
-        self.health.set(brokers_answered(&r));
-        r
+impl Connected {
+    /// Stops reporting broker changes, and stops the embedded cluster.
+    pub async fn close(self) {
+        self.health.close();
+        drop(self.producers);
+        let embedded = self.embedded;
+        let _ = tokio::task::spawn_blocking(move || drop(embedded)).await;
     }
 }
 
@@ -494,171 +370,5 @@ pub fn classify(e: &KafkaError) -> PublishError {
         ) => FailureKind::Rejected,
         _ => FailureKind::Other,
     };
-    PublishError::new(kind, e.to_string())
+    PublishError::new(kind, e.clone())
 }
-
-/// What the catch side shares with the probe: assignment and health.
-pub struct CatchState {
-    assigned: tokio::sync::watch::Sender<bool>,
-    partitions: Mutex<BTreeSet<i32>>,
-    pub health: Arc<Health>,
-}
-
-impl CatchState {
-    pub fn new(health: Arc<Health>) -> Arc<CatchState> {
-        Arc::new(CatchState {
-            assigned: tokio::sync::watch::Sender::new(false),
-            partitions: Mutex::new(BTreeSet::new()),
-            health,
-        })
-    }
-
-    /// Waits until the consumer is positioned on every partition.
-    pub async fn assigned(&self) {
-        let _ = self.assigned.subscribe().wait_for(|a| *a).await;
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.health.is_up()
-    }
-}
-
-/// A consumer for one probe's catch: unique group id, no commits unless
-/// configured, short fetch wait, positions set by [`assign_new`].
-pub fn consumer(
-    base: &ClientConfig,
-    cfg: &KafkaCatch,
-    probe: &str,
-    run_id: u64,
-    health: Arc<Health>,
-) -> Result<StreamConsumer<Context>, KafkaSetupError> {
-    let mut c = base.clone();
-    let group = cfg
-        .group_id
-        .clone()
-        .unwrap_or_else(|| format!("chirp-{probe}-{run_id:016x}"));
-    c.set("group.id", group)
-        .set(
-            "enable.auto.commit",
-            if cfg.commit { "true" } else { "false" },
-        )
-        .set("enable.auto.offset.store", "false")
-        // With the default 500 ms, measured latency would mostly be the fetch wait.
-        .set(
-            "fetch.wait.max.ms",
-            cfg.fetch_wait_max.as_millis().to_string(),
-        )
-        .set("fetch.min.bytes", "1")
-        // Only after a position is lost (the topic was recreated, data
-        // deleted): read what is there rather than skip it.
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
-    c.create_with_context(Context(health))
-        .map_err(KafkaSetupError::Client)
-}
-
-/// Assigns partitions of `topic` the consumer does not have yet: at their
-/// current end on the first call (only canaries sent from now on matter),
-/// from their beginning afterwards (a partition added to the topic is new,
-/// and anything in it was sent after we last looked). Blocking.
-pub fn assign_new(
-    consumer: &StreamConsumer<Context>,
-    topic: &str,
-    state: &CatchState,
-) -> Result<usize, KafkaSetupError> {
-    let found = partitions_of(consumer.client(), topic);
-    state.health.set(brokers_answered(&found));
-    let partitions = found?;
-    let first = !*state.assigned.borrow();
-    let mut known = state.partitions.lock().unwrap_or_else(|p| p.into_inner());
-    let mut tpl = TopicPartitionList::new();
-    for p in partitions.iter().filter(|p| !known.contains(p)) {
-        let offset = if first {
-            let (_low, high) = consumer
-                .fetch_watermarks(topic, *p, METADATA_TIMEOUT)
-                .map_err(|source| KafkaSetupError::Metadata {
-                    topic: topic.to_owned(),
-                    source,
-                })?;
-            Offset::Offset(high)
-        } else {
-            Offset::Beginning
-        };
-        tpl.add_partition_offset(topic, *p, offset)
-            .map_err(KafkaSetupError::Client)?;
-    }
-    let added = tpl.count();
-    if added > 0 {
-        consumer
-            .incremental_assign(&tpl)
-            .map_err(KafkaSetupError::Client)?;
-        known.extend(partitions);
-    }
-    drop(known);
-    state.assigned.send_replace(true);
-    Ok(added)
-}
-
-/// Hands every record to the probe until `stop`. Partitions added to the
-/// topic are picked up every [`REFRESH`].
-pub async fn catch_loop(
-    consumer: Arc<StreamConsumer<Context>>,
-    topic: String,
-    commit: bool,
-    state: Arc<CatchState>,
-    probe: Arc<Probe>,
-    stop: CancellationToken,
-) {
-    let mut refresh = tokio::time::interval_at(Instant::now() + REFRESH, REFRESH);
-    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_error: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            _ = refresh.tick() => {
-                let (c, t, s) = (Arc::clone(&consumer), topic.clone(), Arc::clone(&state));
-                match tokio::task::spawn_blocking(move || assign_new(&c, &t, &s)).await {
-                    Ok(Ok(n)) if n > 0 => tracing::info!(probe = %probe.name(), topic = %topic, added = n, "Catching from new partitions."),
-                    Ok(Err(e)) => tracing::debug!(probe = %probe.name(), error = %e, "Cannot refresh the catch topic's partitions."),
-                    _ => {}
-                }
-            }
-            m = consumer.recv() => match m {
-                Ok(msg) => {
-                    let now = Instant::now();
-                    state.health.set(true);
-                    let get = |name: &str| {
-                        msg.headers().and_then(|h| {
-                            h.iter()
-                                .find(|h| h.key == name)
-                                .and_then(|h| h.value)
-                                .and_then(|v| std::str::from_utf8(v).ok())
-                        })
-                    };
-                    probe.on_message(
-                        get(canary::HEADER),
-                        get(crate::otlp::trace::TRACEPARENT),
-                        msg.payload().unwrap_or_default(),
-                        now,
-                    );
-                    if commit {
-                        if let Err(e) = consumer.store_offset_from_message(&msg) {
-                            tracing::debug!(probe = %probe.name(), error = %e, "Cannot store the offset.");
-                        }
-                    }
-                }
-                Err(e) => {
-                    // Consumer errors repeat while a broker is away; say it once a minute.
-                    if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                        tracing::warn!(probe = %probe.name(), error = %e, "Kafka consumer error.");
-                        last_error = Some(Instant::now());
-                    }
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests;

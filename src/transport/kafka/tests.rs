@@ -1,10 +1,12 @@
 use super::*;
-use crate::config::{Sasl, SaslMechanism, Secret, TlsConfig};
+use crate::config::secret::Secret;
+use crate::config::tls::TlsConfig;
+use config::{Brokers, Sasl, SaslMechanism};
 
 #[test]
 fn connection_settings_map_to_librdkafka_properties() {
-    let conn = KafkaConnection {
-        brokers: KafkaBrokers::List("b:9092".into()),
+    let conn = ConnectionConfig {
+        brokers: Brokers::List("b:9092".into()),
         tls: Some(TlsConfig {
             ca_file: Some("/ca.pem".into()),
             ..TlsConfig::default()
@@ -14,10 +16,11 @@ fn connection_settings_map_to_librdkafka_properties() {
             username: "chirp".into(),
             password: Secret::new("pw"),
         }),
-        properties: vec![
-            ("client.id".into(), Secret::new("mine")),
-            ("security.protocol".into(), Secret::new("sasl_ssl")),
-        ],
+        properties: [
+            ("client.id".to_owned(), Secret::new("mine")),
+            ("security.protocol".to_owned(), Secret::new("sasl_ssl")),
+        ]
+        .into(),
     };
     let c = client_config(&conn, "b:9092");
     assert_eq!(c.get("bootstrap.servers"), Some("b:9092"));
@@ -27,10 +30,10 @@ fn connection_settings_map_to_librdkafka_properties() {
     assert_eq!(c.get("sasl.username"), Some("chirp"));
     assert_eq!(c.get("sasl.password"), Some("pw"));
     assert_eq!(c.get("client.id"), Some("mine"));
-    let plain = KafkaConnection {
+    let plain = ConnectionConfig {
         tls: None,
         sasl: None,
-        properties: Vec::new(),
+        properties: Default::default(),
         ..conn
     };
     assert_eq!(

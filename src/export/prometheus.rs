@@ -1,0 +1,149 @@
+//! The Prometheus exposition of the metric catalogue: a collector that reads
+//! every probe at scrape time, so all of one probe's numbers come from one
+//! consistent snapshot and `sent = delivered + lost + publish_failed +
+//! in_flight` holds in every scrape.
+
+use super::catalogue::{Kind, Measure, Read, Rows, Sample, Value, CATALOGUE};
+use super::otlp::SignalStatus;
+use crate::report::Watched;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::fmt::Error;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Debug)]
+struct Exposition {
+    probes: Vec<Watched>,
+    /// `probe`, `environment`, `inject`, `catch`, per probe.
+    labels: Vec<Labels>,
+    /// OTLP export status per signal (empty when not exporting).
+    otlp: Vec<Arc<SignalStatus>>,
+}
+
+/// The registry behind `/metrics`.
+pub fn registry(environment: &str, probes: Vec<Watched>, otlp: Vec<Arc<SignalStatus>>) -> Registry {
+    let labels = probes
+        .iter()
+        .map(|w| {
+            let c = &w.probe.config;
+            vec![
+                ("probe", c.name.clone()),
+                ("environment", environment.to_owned()),
+                ("inject", c.inject.system().to_owned()),
+                ("catch", c.catch.system().to_owned()),
+            ]
+        })
+        .collect();
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Exposition {
+        probes,
+        labels,
+        otlp,
+    }));
+    registry
+}
+
+/// Writes the exposition text.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
+impl Exposition {
+    fn labels_of(&self, s: &Sample, extra: &[(&'static str, &'static str)]) -> Labels {
+        let mut l = match s.probe {
+            Some(i) => self.labels[i].clone(),
+            None => Vec::new(),
+        };
+        if let Some((lane, true)) = s.lane {
+            l.push(("partition", lane.id.to_string()));
+        }
+        l.extend(
+            extra
+                .iter()
+                .zip(&s.labels)
+                .map(|((k, _), v)| (*k, (*v).to_owned())),
+        );
+        l
+    }
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), Error> {
+        let mut rows = Rows::read(&self.probes, Instant::now());
+        rows.exports = self
+            .otlp
+            .iter()
+            .map(|s| {
+                let (exports, failures) = s.counts();
+                (s.signal, exports, failures)
+            })
+            .collect();
+        for m in CATALOGUE {
+            // prometheus-client appends the `_total` and `_info` suffixes itself.
+            let name = m
+                .prometheus
+                .trim_end_matches("_total")
+                .trim_end_matches("_info");
+            match m.read {
+                Read::Histogram(measure) => {
+                    let i = match measure {
+                        Measure::EndToEnd => 0,
+                        Measure::Publish => 1,
+                        Measure::Lag => 2,
+                    };
+                    let mut f = enc.encode_descriptor(name, m.help, None, MetricType::Histogram)?;
+                    for r in &rows.lanes {
+                        let s = Sample {
+                            labels: Vec::new(),
+                            probe: Some(r.probe),
+                            lane: Some((r.lane, r.per_partition)),
+                            value: Value::Int(0),
+                        };
+                        let b = &r.buckets[i];
+                        let labels = self.labels_of(&s, &[]);
+                        f.encode_family(&labels)?
+                            .encode_histogram::<NoLabelSet>(b.sum, b.count, &b.counts, None)?;
+                    }
+                }
+                Read::Build => {
+                    let mut f = enc.encode_descriptor(name, m.help, None, MetricType::Info)?;
+                    f.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
+                }
+                _ => {
+                    let samples = m.samples(&rows);
+                    if samples.is_empty() {
+                        continue;
+                    }
+                    let kind = match m.kind {
+                        Kind::Counter => MetricType::Counter,
+                        _ => MetricType::Gauge,
+                    };
+                    let mut f = enc.encode_descriptor(name, m.help, None, kind)?;
+                    for s in &samples {
+                        let labels = self.labels_of(s, m.labels);
+                        let mut e = f.encode_family(&labels)?;
+                        match (m.kind, &s.value) {
+                            (Kind::Counter, Value::Int(v)) => {
+                                e.encode_counter::<NoLabelSet, u64, u64>(v, None)?
+                            }
+                            (Kind::Counter, Value::Float(v)) => {
+                                e.encode_counter::<NoLabelSet, f64, u64>(v, None)?
+                            }
+                            (_, Value::Int(v)) => e.encode_gauge(&(*v as f64))?,
+                            (_, Value::Float(v)) => e.encode_gauge(v)?,
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,118 @@
+//! chirp's webhook receiver, `POST /hooks/{probe}` (or PUT): verifies the
+//! HMAC signature of the body, hands the canary to the probe, and answers
+//! 2xx only after recording it. Unsigned or badly signed requests get 401 and
+//! count as `rejected`.
+
+use super::config::CatchConfig;
+use crate::canary::{self, Signer};
+use crate::outcome::Stray;
+use crate::transport::{CatchHandle, CatchSink, Caught, Context};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The probes that catch webhooks, by name.
+#[derive(Default)]
+pub struct Hooks {
+    by_probe: RwLock<HashMap<String, Arc<Hook>>>,
+}
+
+struct Hook {
+    sink: Arc<dyn CatchSink>,
+    signer: Signer,
+    signature_header: String,
+}
+
+impl Hooks {
+    fn get(&self, probe: &str) -> Option<Arc<Hook>> {
+        self.by_probe
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(probe)
+            .cloned()
+    }
+}
+
+/// The webhook receiver is chirp's own listener: up while chirp serves.
+struct Webhook;
+
+#[async_trait::async_trait]
+impl CatchHandle for Webhook {
+    fn is_up(&self) -> bool {
+        true
+    }
+
+    async fn ready(&self, _stop: &CancellationToken) -> bool {
+        true
+    }
+}
+
+/// Registers `sink` at `/hooks/{name}`.
+pub fn start(cfg: &CatchConfig, sink: Arc<dyn CatchSink>, ctx: &Context) -> Arc<dyn CatchHandle> {
+    let signer = match &cfg.secret {
+        Some(s) => Signer::new(s.expose().as_bytes()),
+        None => ctx.signer.clone(),
+    };
+    let hook = Hook {
+        sink: Arc::clone(&sink),
+        signer,
+        signature_header: cfg.signature_header.clone(),
+    };
+    ctx.hooks
+        .by_probe
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(sink.name().to_owned(), Arc::new(hook));
+    Arc::new(Webhook)
+}
+
+/// The routes of the webhook receiver.
+pub fn router(hooks: Arc<Hooks>) -> Router {
+    Router::new()
+        .route("/hooks/{probe}", post(hook).put(hook))
+        .with_state(hooks)
+}
+
+fn answer(status: StatusCode, key: &str, text: &str) -> Response {
+    (status, Json(serde_json::json!({ key: text }))).into_response()
+}
+
+async fn hook(
+    State(hooks): State<Arc<Hooks>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let at = Instant::now();
+    let Some(hook) = hooks.get(&name) else {
+        return answer(
+            StatusCode::NOT_FOUND,
+            "error",
+            "no probe catches webhooks at this path",
+        );
+    };
+    let signature = headers
+        .get(hook.signature_header.as_str())
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !hook.signer.verify_signature(&body, signature) {
+        hook.sink.on_stray(Stray::Rejected);
+        let text = format!("missing or bad {} signature", hook.signature_header);
+        return answer(StatusCode::UNAUTHORIZED, "error", &text);
+    }
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let verdict = hook.sink.on_message(Caught {
+        token: get(canary::HEADER),
+        traceparent: get(canary::TRACEPARENT),
+        body: &body,
+        at,
+    });
+    answer(StatusCode::OK, "result", verdict.as_str())
+}

@@ -1,0 +1,77 @@
+//! Publishes canaries with the token in the `Chirp-Token` header (and the
+//! body). Core NATS has no per-message acknowledgement: the publish latency
+//! is the round trip of a flush after the publish.
+
+use super::{config::InjectConfig, is_connected, Connected};
+use crate::canary;
+use crate::outcome::FailureKind;
+use crate::transport::{Ack, Confirm, Inject, Outgoing, PublishError};
+use async_nats::{Client, HeaderMap};
+use std::time::Duration;
+
+pub struct NatsInject {
+    client: Client,
+    subject: String,
+    headers: Vec<(String, String)>,
+    timeout: Duration,
+}
+
+impl NatsInject {
+    pub fn new(conn: &Connected, cfg: &InjectConfig, timeout: Duration) -> Self {
+        NatsInject {
+            client: conn.client.clone(),
+            subject: cfg.subject.clone(),
+            headers: cfg.headers.clone().into_iter().collect(),
+            timeout,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Inject for NatsInject {
+    async fn send(&self, msg: Outgoing) -> Result<Confirm, PublishError> {
+        let mut headers = HeaderMap::new();
+        for (k, v) in &self.headers {
+            headers.insert(k.as_str(), v.as_str());
+        }
+        headers.insert(canary::HEADER, msg.token.as_str());
+        if let Some(tp) = &msg.traceparent {
+            headers.insert(canary::TRACEPARENT, tp.as_str());
+        }
+        let publish = self
+            .client
+            .publish_with_headers(self.subject.clone(), headers, msg.body);
+        match tokio::time::timeout(self.timeout, publish).await {
+            // Dropping the publish future before it completes means the message was never queued.
+            Err(_) => {
+                return Err(PublishError::new(
+                    FailureKind::Timeout,
+                    "the NATS client's send buffer stayed full",
+                ))
+            }
+            Ok(Err(e)) => return Err(classify(e)),
+            Ok(Ok(())) => {}
+        }
+        let (client, timeout) = (self.client.clone(), self.timeout);
+        Ok(Box::pin(async move {
+            match tokio::time::timeout(timeout, client.flush()).await {
+                Ok(Ok(())) => Ok(Ack::Confirmed),
+                // Queued in the client: it may still be delivered after a reconnect.
+                Ok(Err(_)) | Err(_) => Ok(Ack::Unconfirmed),
+            }
+        }))
+    }
+
+    fn is_up(&self) -> bool {
+        is_connected(&self.client)
+    }
+}
+
+pub(super) fn classify(e: async_nats::PublishError) -> PublishError {
+    use async_nats::client::PublishErrorKind as K;
+    let kind = match e.kind() {
+        K::MaxPayloadExceeded | K::InvalidSubject => FailureKind::Rejected,
+        K::Send => FailureKind::Unavailable,
+    };
+    PublishError::new(kind, e)
+}

@@ -1,0 +1,183 @@
+//! Core NATS: named connections with automatic reconnect, an injector that
+//! publishes the canary with its token in a header and the body, and a catch
+//! loop over a subscription. Credentials written in a URL are taken out of it
+//! and given to the client as auth options, so no URL the client library
+//! sees (or logs, at debug level) carries a secret.
+
+pub mod catch;
+pub mod config;
+pub mod inject;
+#[cfg(test)]
+mod tests;
+
+use super::{Context, SetupError};
+use crate::config::secret::Endpoint;
+use async_nats::{Client, ConnectOptions, ServerAddr};
+use percent_encoding::percent_decode_str;
+use std::time::Duration;
+
+/// A connected (or connecting) named client.
+pub struct Connected {
+    pub client: Client,
+}
+
+/// Credentials found in a server URL.
+#[derive(Clone, PartialEq, Eq)]
+pub enum UrlAuth {
+    UserPassword {
+        user: String,
+        password: String,
+    },
+    /// `nats://token@host`.
+    Token(String),
+}
+
+impl std::fmt::Debug for UrlAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UrlAuth::UserPassword { user, .. } => write!(f, "UserPassword({user}, ***)"),
+            UrlAuth::Token(_) => f.write_str("Token(***)"),
+        }
+    }
+}
+
+/// A server URL that cannot be used; the text never quotes credentials.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UrlError(String);
+
+/// Parses `nats://[user:password@]host[:port]` (comma separated), returning
+/// the addresses without credentials, and the credentials.
+pub fn parse_urls(list: &str) -> Result<(Vec<ServerAddr>, Option<UrlAuth>), UrlError> {
+    let mut addrs = Vec::new();
+    let mut auth: Option<UrlAuth> = None;
+    for part in list.split(',').map(str::trim) {
+        let shown = Endpoint::new(part).redacted();
+        let bad = || {
+            UrlError(format!(
+                "`{shown}` is not a NATS server URL (write e.g. nats://host:4222)"
+            ))
+        };
+        let text = if part.contains("://") {
+            part.to_owned()
+        } else {
+            format!("nats://{part}")
+        };
+        let mut url = url::Url::parse(&text).map_err(|_| bad())?;
+        if !matches!(url.scheme(), "nats" | "tls" | "ws" | "wss") || url.host_str().is_none() {
+            return Err(bad());
+        }
+        let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+        let user = decode(url.username());
+        let here = match (user.is_empty(), url.password()) {
+            (true, _) => None,
+            (false, Some(pw)) => Some(UrlAuth::UserPassword {
+                user,
+                password: decode(pw),
+            }),
+            (false, None) => Some(UrlAuth::Token(user)),
+        };
+        if let Some(h) = here {
+            if auth.as_ref().is_some_and(|a| *a != h) {
+                return Err(UrlError(
+                    "the URLs carry different credentials; one connection uses one set for every server".into(),
+                ));
+            }
+            auth = Some(h);
+        }
+        url.set_username("").map_err(|_| bad())?;
+        url.set_password(None).map_err(|_| bad())?;
+        addrs.push(ServerAddr::from_url(url).map_err(|_| bad())?);
+    }
+    Ok((addrs, auth))
+}
+
+/// Connects the connection `name`. In `run` this returns at once and keeps
+/// reconnecting in the background (a prober must start while its broker is
+/// down); with `ctx.fail_fast` (`check`) the first attempt must succeed.
+pub async fn connect(
+    name: &str,
+    conn: &config::ConnectionConfig,
+    ctx: &Context,
+) -> Result<Connected, SetupError> {
+    let what = || format!("connection `{name}`");
+    let mut opts = match &conn.credentials_file {
+        Some(path) => ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|e| {
+                SetupError::new(
+                    format!("{}: cannot read credentials file `{path}`", what()),
+                    false,
+                    e,
+                )
+            })?,
+        None => ConnectOptions::new(),
+    };
+    let (addrs, url_auth) =
+        parse_urls(conn.url.expose()).map_err(|e| SetupError::new(what(), false, e))?;
+    match url_auth {
+        Some(UrlAuth::UserPassword { user, password }) => {
+            opts = opts.user_and_password(user, password)
+        }
+        Some(UrlAuth::Token(token)) => opts = opts.token(token),
+        None => {}
+    }
+    if let Some(token) = &conn.token {
+        opts = opts.token(token.expose().to_owned());
+    }
+    if let (Some(user), Some(password)) = (&conn.user, &conn.password) {
+        opts = opts.user_and_password(user.clone(), password.expose().to_owned());
+    }
+    if let Some(tls) = &conn.tls {
+        opts = opts.require_tls(true);
+        if let Some(ca) = &tls.ca_file {
+            opts = opts.add_root_certificates(ca.into());
+        }
+        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+            opts = opts.add_client_certificate(cert.into(), key.into());
+        }
+    }
+    let conn_name = name.to_owned();
+    opts = opts
+        .name(format!("chirp/{name}"))
+        .connection_timeout(Duration::from_secs(5))
+        // Reconnect quickly: every second of backoff is a second of canaries stuck in the buffer.
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((100 * attempts as u64).min(2000))
+        })
+        .event_callback(move |event| {
+            let name = conn_name.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!(connection = %name, "NATS connected."),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!(connection = %name, "NATS disconnected; reconnecting.")
+                    }
+                    async_nats::Event::SlowConsumer(sid) => tracing::warn!(
+                        connection = %name, sid,
+                        "NATS slow consumer: messages dropped by the client; canaries among them will count as lost."
+                    ),
+                    other => tracing::info!(connection = %name, event = %other, "NATS event."),
+                }
+            }
+        });
+    if !ctx.fail_fast {
+        opts = opts.retry_on_initial_connect();
+    }
+    let client = opts.connect(addrs).await.map_err(|e| {
+        SetupError::new(
+            format!(
+                "{}: cannot connect to NATS at {}",
+                what(),
+                conn.url.redacted()
+            ),
+            true,
+            e,
+        )
+    })?;
+    Ok(Connected { client })
+}
+
+pub fn is_connected(client: &Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}

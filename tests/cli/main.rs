@@ -1,0 +1,11 @@
+//! The binary as users run it: `validate`, `check` (exit codes, reports in
+//! every format, against the schema), `run` (what it serves, where it
+//! listens, how it stops), and what its logs never say.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod commands;
+mod listener;
+mod reports;
+mod secrets;

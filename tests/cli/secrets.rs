@@ -1,0 +1,77 @@
+//! Secrets never reach a log line, at any level, including the client
+//! libraries' own debug and trace logs: NATS credentials written in the URL
+//! are taken out of it and given to the client as auth options (and work).
+
+use crate::support::{free_port, Conf, NatsServer, Scrape, CHIRP};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PASSWORD: &str = "Hunter2-xyzzy-0451";
+
+fn run_and_collect_logs(level: &str, url: &str) -> String {
+    let port = free_port();
+    let cfg = Conf::new()
+        .listen(format!("127.0.0.1:{port}"))
+        .connection("main", format!("nats: {{url: \"{url}\"}}"))
+        .probe("{name: loop, interval: 20ms, inject: {nats: {connection: main, subject: s}}, catch: {nats: {connection: main, subject: s}}}")
+        .file();
+    let mut child = Command::new(CHIRP)
+        .args(["run", "-c"])
+        .arg(&cfg.path)
+        .env("CHIRP_LOG", level)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The credentials work: canaries go through the server that requires them.
+    let give_up = Instant::now() + Duration::from_secs(15);
+    loop {
+        let delivered =
+            Scrape::blocking(port).map(|s| s.sum("chirp_canaries_delivered_total", &[]));
+        if delivered.is_some_and(|d| d >= 5.0) {
+            break;
+        }
+        if Instant::now() > give_up {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "no deliveries with URL credentials:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn nats_url_credentials_work_and_never_reach_the_logs() {
+    let nats = NatsServer::with_user("alice", PASSWORD);
+    for level in ["debug", "trace"] {
+        let url = format!("nats://alice:{PASSWORD}@127.0.0.1:{}", nats.port);
+        let logs = run_and_collect_logs(level, &url);
+        assert!(logs.contains("NATS connected"), "{logs}");
+        // The libraries did log at this level (so the check means something).
+        assert!(
+            logs.contains("async_nats"),
+            "no client library lines at {level}:\n{logs}"
+        );
+        assert!(
+            !logs.contains(PASSWORD),
+            "the password leaked at {level}:\n{logs}"
+        );
+    }
+    // Percent-encoded in the URL: neither form may appear.
+    let encoded = PASSWORD.replace('-', "%2D");
+    let url = format!("nats://alice:{encoded}@127.0.0.1:{}", nats.port);
+    let logs = run_and_collect_logs("trace", &url);
+    assert!(
+        !logs.contains(PASSWORD) && !logs.contains(&encoded),
+        "{logs}"
+    );
+}

@@ -1,0 +1,11 @@
+//! The exports: OTLP against a test receiver, `/metrics` scraped by a real
+//! Prometheus that evaluates `chirp rules`, the rules checked by promtool,
+//! and the metric catalogue against its reference in `docs/metrics.md`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod catalogue;
+mod otlp;
+mod prometheus;
+mod rules;

@@ -1,0 +1,328 @@
+//! The fault suite: every scenario against every transport that can carry
+//! it, from the list at the bottom (a new transport adds one line there and
+//! implements `support::targets::Target`).
+//!
+//! - relay: a relay between inject and catch drops, duplicates, swaps and
+//!   delays a known set of canaries; the counts must match the plan exactly
+//!   and the percentiles the injected delays;
+//! - restart: the broker (or, for HTTP, the endpoint) is killed mid-run and
+//!   started again; the schedule keeps going, the outage shows as lost or
+//!   publish_failed canaries, delivery resumes and the invariant holds;
+//! - garbage: random bytes, JSON without a token, forged, malformed and
+//!   foreign tokens at the sink each land in their observation.
+
+mod support;
+
+use chirp::canary::{Signer, Token};
+use rand::{Rng, SeedableRng};
+use std::time::Duration;
+use support::targets::{Kafka, Nats, Plan, Target, Webhook};
+use support::{free_port, wait_for, Conf, KEY};
+use tokio::time::Instant;
+
+fn conf<T: Target>(t: &T, port: u16) -> Conf {
+    let mut c = Conf::new().listen(format!("127.0.0.1:{port}"));
+    if let Some((name, body)) = t.connection() {
+        c = c.connection(&name, body);
+    }
+    c
+}
+
+const COUNT: u64 = 200;
+/// Every fifth canary is held this long by the relay, the others `FAST`.
+const SLOW: Duration = Duration::from_millis(35);
+const FAST: Duration = Duration::from_millis(5);
+
+fn delay_of(seq: u64) -> Duration {
+    if seq % 5 == 4 {
+        SLOW
+    } else {
+        FAST
+    }
+}
+
+async fn relay_faults<T: Target>() {
+    let port = free_port();
+    let t = T::start(port).await;
+    t.prepare(&["relay-in", "relay-out"]).await;
+    let plan = Plan {
+        drop: [5, 17, 33, 101].into(),
+        duplicate: [8, 40, 77].into(),
+        swap: [(20, 21), (60, 61), (150, 151)].into(),
+        delay: Some(delay_of),
+    };
+    let relay = t.relay("relay-in", "relay-out", "relayed", plan).await;
+    let config = conf(&t, port)
+        .probe(format!(
+            "{{name: relayed, interval: 50ms, deadline: 3s, inject: {}, catch: {}}}",
+            t.inject("relay-in"),
+            t.catch("relay-out")
+        ))
+        .build();
+    let mut rt = support::start_counted(&config, COUNT).await;
+    rt.injection_done().await;
+    assert_eq!(
+        rt.drain(Duration::from_secs(5)).await,
+        0,
+        "every canary resolves within its deadline"
+    );
+    let snap = rt.probes[0].probe.snapshot(Instant::now());
+    let c = snap.counts;
+    assert!(c.invariant_holds(), "{c:?}");
+    assert_eq!(c.sent, COUNT);
+    assert_eq!(
+        (c.delivered, c.lost, c.publish_failed),
+        (COUNT - 4, 4, 0),
+        "{c:?}"
+    );
+    assert_eq!((c.duplicate, c.reordered, c.late), (3, 3, 0), "{c:?}");
+    assert_eq!((c.foreign, c.rejected, c.unrelated), (0, 0, 0), "{c:?}");
+
+    // 80% of canaries are held FAST, 20% SLOW: p50 sits just above FAST, p90 just above SLOW.
+    let l = snap.latency.cumulative;
+    assert_eq!(l.count, COUNT - 4);
+    let d = Duration::from_secs_f64;
+    let tol = t.tolerance();
+    assert!(
+        d(l.p50) >= FAST && d(l.p50) <= FAST + tol,
+        "p50 {:?}",
+        d(l.p50)
+    );
+    assert!(
+        d(l.p90) >= SLOW && d(l.p90) <= SLOW + tol,
+        "p90 {:?}",
+        d(l.p90)
+    );
+    assert!(d(l.min) >= FAST, "min {:?}", d(l.min));
+    rt.shutdown().await;
+    relay.abort();
+}
+
+async fn restart<T: Target>() {
+    let port = free_port();
+    let mut t = T::start(port).await;
+    let l = t.looped("loop").await;
+    let config = conf(&t, port)
+        .probe(format!(
+            "{{name: loop, interval: 50ms, deadline: 2s, publish_timeout: 1s, inject: {}, catch: {}}}",
+            l.inject, l.catch
+        ))
+        .build();
+    let rt = support::start(&config).await;
+    let probe = support::probe(&rt, "loop");
+    let counts = || probe.counts();
+    wait_for(
+        "deliveries before the outage",
+        Duration::from_secs(30),
+        || counts().delivered >= 20,
+    )
+    .await;
+    assert!(probe.is_up());
+    let before = counts();
+    assert_eq!(before.lost + before.publish_failed, 0, "{before:?}");
+
+    t.kill();
+    // The outage itself: chirp keeps its schedule while the broker is gone.
+    let outage_end = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < outage_end {
+        let c = counts();
+        assert!(c.invariant_holds(), "{c:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if t.reports_down() {
+        assert!(!probe.is_up(), "the probe reports the broker down");
+    }
+    let during = counts();
+    assert!(
+        during.sent >= before.sent + 70,
+        "the schedule kept going through the 4 s outage at 20 Hz: {before:?} -> {during:?}"
+    );
+    t.restart().await;
+
+    wait_for(
+        "deliveries after the restart",
+        Duration::from_secs(60),
+        || {
+            let c = counts();
+            assert!(c.invariant_holds(), "{c:?}");
+            c.delivered >= during.delivered + 20
+        },
+    )
+    .await;
+    wait_for("the probe to be up again", Duration::from_secs(10), || {
+        probe.is_up()
+    })
+    .await;
+    let mut rt = rt;
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    let end = counts();
+    assert!(end.invariant_holds(), "{end:?}");
+    // A 4 s outage with a 2 s deadline: at least the canaries of its first 2 s cannot arrive in time.
+    assert!(
+        end.lost + end.publish_failed >= 20,
+        "the outage must show: {end:?}"
+    );
+    rt.shutdown().await;
+}
+
+async fn garbage<T: Target>() {
+    let port = free_port();
+    let t = T::start(port).await;
+    let l = t.looped("sink").await;
+    let dest = l.dest.as_str();
+    let config = conf(&t, port)
+        .probe(format!(
+            "{{name: sink, interval: 1h, inject: {}, catch: {}}}",
+            l.inject, l.catch
+        ))
+        .build();
+    let mut rt = support::start(&config).await;
+    rt.ready().await;
+    let probe = support::probe(&rt, "sink");
+    // The loop works: the first canary is delivered.
+    wait_for("the first canary", Duration::from_secs(10), || {
+        probe.counts().delivered == 1
+    })
+    .await;
+
+    let signer = Signer::new(KEY.as_bytes());
+    let token = |probe: &str, run_id: u64, seq: u64| {
+        signer.encode(&Token {
+            probe: probe.into(),
+            run_id,
+            lane: 0,
+            seq,
+            sent_unix_us: 1,
+        })
+    };
+    // 5 random byte strings and 3 JSON documents: no token (unrelated).
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    for _ in 0..5 {
+        let bytes: Vec<u8> = (0..rng.gen_range(1..300)).map(|_| rng.gen()).collect();
+        assert!(chirp::canary::scan(&bytes).is_none());
+        t.publish(dest, "sink", None, bytes).await;
+    }
+    for doc in [r#"{"order":1}"#, r#"{"chirp":null}"#, "[]"] {
+        t.publish(dest, "sink", None, doc.into()).await;
+    }
+    // 2 forged tokens (bad MAC) and 1 malformed one in the header (rejected).
+    let forged = Signer::new(b"not-the-key-at-all-000").encode(&Token {
+        probe: "sink".into(),
+        run_id: rt.run_id,
+        lane: 0,
+        seq: 0,
+        sent_unix_us: 1,
+    });
+    t.publish(
+        dest,
+        "sink",
+        None,
+        format!(r#"{{"chirp":"{forged}"}}"#).into(),
+    )
+    .await;
+    let tampered = token("sink", rt.run_id, 0).replace(".0.", ".1.");
+    t.publish(dest, "sink", None, tampered.into()).await;
+    t.publish(dest, "sink", Some("chirp1.garbage"), "{}".into())
+        .await;
+    // 4 tokens of another run and 1 of another probe of this run (foreign).
+    for seq in 0..4 {
+        t.publish(dest, "sink", None, token("sink", rt.run_id ^ 1, seq).into())
+            .await;
+    }
+    t.publish(dest, "sink", None, token("other", rt.run_id, 0).into())
+        .await;
+
+    wait_for(
+        "all garbage to be classified",
+        Duration::from_secs(10),
+        || {
+            let c = probe.counts();
+            c.unrelated + c.rejected + c.foreign == 16
+        },
+    )
+    .await;
+    let c = probe.counts();
+    assert_eq!((c.unrelated, c.rejected, c.foreign), (8, 3, 5), "{c:?}");
+    assert_eq!(
+        (c.sent, c.delivered, c.duplicate, c.late),
+        (1, 1, 0, 0),
+        "only the real canary: {c:?}"
+    );
+    assert!(c.invariant_holds(), "{c:?}");
+    assert_eq!(rt.drain(Duration::from_millis(10)).await, 0);
+    rt.shutdown().await;
+}
+
+/// One line per transport: its name, its target, and the scenarios it can carry.
+macro_rules! suite {
+    ($($name:ident: $target:ty => [$($scenario:ident),*];)*) => {
+        $(mod $name {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario::<$target>().await;
+                }
+            )*
+        })*
+    };
+}
+
+suite! {
+    nats: Nats => [relay_faults, restart, garbage];
+    kafka: Kafka => [relay_faults, restart, garbage];
+    http: Webhook => [relay_faults, restart, garbage];
+}
+
+/// The webhook receiver's own checks: unsigned and badly signed requests are
+/// refused (401) and counted as rejected; an unknown probe is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_signatures_are_checked() {
+    let config = Conf::new()
+        .probe("{name: hook, interval: 1h, inject: {http: {url: \"http://127.0.0.1:9/never\"}}, catch: {http: {}}}")
+        .build();
+    let rt = support::start(&config).await;
+    let addr = rt.addr.expect("a listener");
+    let url = format!("http://{addr}/hooks/hook");
+    let signer = Signer::new(KEY.as_bytes());
+    let http = reqwest::Client::new();
+    let post = |body: &'static str, sig: Option<String>| {
+        let mut r = http.post(&url).body(body);
+        if let Some(s) = sig {
+            r = r.header("X-Chirp-Signature", s);
+        }
+        r.send()
+    };
+    assert_eq!(post("{}", None).await.unwrap().status(), 401);
+    assert_eq!(
+        post("{}", Some("sha256=00".into())).await.unwrap().status(),
+        401
+    );
+    assert_eq!(
+        post("{}", Some(format!("sha256={}", "ab".repeat(32))))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let body = r#"{"hello":"world"}"#;
+    assert_eq!(
+        post(body, Some(signer.signature(body.as_bytes())))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let nope = http
+        .post(format!("http://{addr}/hooks/nope"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nope.status(), 404);
+    let c = support::probe(&rt, "hook").counts();
+    assert_eq!((c.rejected, c.unrelated, c.delivered), (3, 1, 0), "{c:?}");
+    assert!(c.invariant_holds(), "{c:?}");
+    rt.stop_injecting();
+    rt.shutdown().await;
+}

@@ -1,0 +1,549 @@
+//! The transports the fault suite (`tests/faults.rs`) runs against. A
+//! transport joins the suite by implementing [`Target`] here and adding one
+//! line to the list in `tests/faults.rs`; every scenario (relay faults,
+//! broker or endpoint restart, garbage at the sink) then runs on it.
+
+use super::brokers::{create_topics, NatsServer, Tansu};
+use super::{free_port, KEY};
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use chirp::canary::{Signer, HEADER};
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// What a relay does to the canaries it forwards, by sequence.
+#[derive(Clone, Default)]
+pub struct Plan {
+    pub drop: HashSet<u64>,
+    pub duplicate: HashSet<u64>,
+    /// first → second: `first` is held and forwarded right after `second`.
+    pub swap: HashMap<u64, u64>,
+    /// How long each canary is held before it is forwarded.
+    pub delay: Option<fn(u64) -> Duration>,
+}
+
+/// One canary or message as a relay forwards it.
+#[derive(Clone)]
+pub struct Msg {
+    pub token: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// Decides, for each message read, what to forward and when. Messages
+/// leave in the order they came (a delay line), so a burst of arrivals is
+/// never reordered by its delays: only the plan's swaps reorder.
+pub struct Relay {
+    plan: Plan,
+    signer: Signer,
+    held: HashMap<u64, Msg>,
+    seconds: HashMap<u64, u64>,
+    last_due: tokio::time::Instant,
+}
+
+impl Relay {
+    pub fn new(plan: Plan) -> Relay {
+        let seconds = plan.swap.iter().map(|(a, b)| (*b, *a)).collect();
+        Relay {
+            plan,
+            signer: Signer::new(KEY.as_bytes()),
+            held: HashMap::new(),
+            seconds,
+            last_due: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The messages to forward for `msg` (read now), and when.
+    pub fn on(&mut self, msg: Msg) -> (Vec<Msg>, tokio::time::Instant) {
+        let (out, delay) = self.decide(msg);
+        let due = (tokio::time::Instant::now() + delay).max(self.last_due);
+        self.last_due = due;
+        (out, due)
+    }
+
+    fn decide(&mut self, msg: Msg) -> (Vec<Msg>, Duration) {
+        let token = msg
+            .token
+            .clone()
+            .or_else(|| chirp::canary::scan(&msg.body).map(str::to_owned))
+            .expect("a canary without a token reached the relay");
+        let seq = self.signer.decode(&token).expect("a valid token").seq;
+        let delay = self.plan.delay.map_or(Duration::ZERO, |d| d(seq));
+        if self.plan.drop.contains(&seq) {
+            return (Vec::new(), delay);
+        }
+        if self.plan.swap.contains_key(&seq) {
+            self.held.insert(seq, msg);
+            return (Vec::new(), delay);
+        }
+        let mut out = vec![msg.clone()];
+        if self.plan.duplicate.contains(&seq) {
+            out.push(msg);
+        }
+        if let Some(first) = self.seconds.get(&seq) {
+            out.push(
+                self.held
+                    .remove(first)
+                    .expect("the first of a swapped pair arrives first"),
+            );
+        }
+        (out, delay)
+    }
+}
+
+/// A probe's inject and catch that form a loop.
+pub struct Looped {
+    pub inject: String,
+    pub catch: String,
+    /// What the catch reads (a subject, a topic; for HTTP, the probe's hook).
+    pub dest: String,
+}
+
+/// Runs `send` for each batch at its due time, in order; returns the queue to feed.
+fn forwarder<F, Fut>(
+    send: F,
+) -> tokio::sync::mpsc::UnboundedSender<(Vec<Msg>, tokio::time::Instant)>
+where
+    F: Fn(Msg) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Vec<Msg>, tokio::time::Instant)>();
+    tokio::spawn(async move {
+        while let Some((msgs, due)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            for m in msgs {
+                send(m).await;
+            }
+        }
+    });
+    tx
+}
+
+/// A transport as the fault suite drives it.
+#[allow(async_fn_in_trait)]
+pub trait Target: Sized {
+    /// Starts what the transport needs (a broker, an endpoint). chirp will
+    /// listen on 127.0.0.1:`chirp_port`.
+    async fn start(chirp_port: u16) -> Self;
+    /// The `connections:` entry it needs, as (name, flow body).
+    fn connection(&self) -> Option<(String, String)>;
+    /// A probe's inject to `dest`.
+    fn inject(&self, dest: &str) -> String;
+    /// A probe's catch from `dest`.
+    fn catch(&self, dest: &str) -> String;
+    /// Makes `dests` ready (creates topics).
+    async fn prepare(&self, dests: &[&str]);
+    /// Forwards canaries from `from` to `to` (the catch of probe `probe`)
+    /// applying `plan`; returns once it reads.
+    async fn relay(&self, from: &str, to: &str, probe: &str, plan: Plan) -> JoinHandle<()>;
+    /// Puts a message on `dest` (the catch of probe `probe`) as the pipeline
+    /// would, with `token` in the token header.
+    async fn publish(&self, dest: &str, probe: &str, token: Option<&str>, body: Vec<u8>);
+    /// An inject and a catch that form a loop through this transport alone
+    /// (through a pass-through endpoint where there is no broker) for the
+    /// probe `name`, and the destination its catch reads.
+    async fn looped(&self, name: &str) -> Looped;
+    /// Kills the broker (or endpoint) abruptly.
+    fn kill(&mut self);
+    /// Starts it again, with what the loop needs.
+    async fn restart(&mut self);
+    /// Whether chirp can tell the client is disconnected (`chirp_probe_up`).
+    fn reports_down(&self) -> bool;
+    /// How far above an injected delay a measured latency may sit here.
+    fn tolerance(&self) -> Duration;
+}
+
+// ---------------------------------------------------------------- NATS
+
+pub struct Nats {
+    pub server: NatsServer,
+}
+
+impl Target for Nats {
+    async fn start(_chirp_port: u16) -> Self {
+        Nats {
+            server: NatsServer::start(),
+        }
+    }
+
+    fn connection(&self) -> Option<(String, String)> {
+        Some((
+            "main".into(),
+            format!("nats: {{url: \"{}\"}}", self.server.url()),
+        ))
+    }
+
+    fn inject(&self, dest: &str) -> String {
+        format!("{{nats: {{connection: main, subject: {dest}}}}}")
+    }
+
+    fn catch(&self, dest: &str) -> String {
+        self.inject(dest)
+    }
+
+    async fn prepare(&self, _dests: &[&str]) {}
+
+    async fn relay(&self, from: &str, to: &str, _probe: &str, plan: Plan) -> JoinHandle<()> {
+        let client = async_nats::connect(self.server.url())
+            .await
+            .expect("relay connect");
+        let mut sub = client
+            .subscribe(from.to_owned())
+            .await
+            .expect("relay subscribe");
+        // The subscription reaches the server before chirp sends anything.
+        client.flush().await.expect("relay flush");
+        let to = to.to_owned();
+        let c = client.clone();
+        let queue = forwarder(move |m: Msg| {
+            let (c, to) = (c.clone(), to.clone());
+            async move { nats_publish(&c, &to, m.token.as_deref(), m.body).await }
+        });
+        tokio::spawn(async move {
+            let mut relay = Relay::new(plan);
+            while let Some(m) = sub.next().await {
+                let token = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(HEADER))
+                    .map(|v| v.to_string());
+                let _ = queue.send(relay.on(Msg {
+                    token,
+                    body: m.payload.to_vec(),
+                }));
+            }
+        })
+    }
+
+    async fn publish(&self, dest: &str, _probe: &str, token: Option<&str>, body: Vec<u8>) {
+        let client = async_nats::connect(self.server.url())
+            .await
+            .expect("connect");
+        nats_publish(&client, dest, token, body).await;
+        client.flush().await.expect("flush");
+    }
+
+    async fn looped(&self, name: &str) -> Looped {
+        let dest = format!("{name}.loop");
+        Looped {
+            inject: self.inject(&dest),
+            catch: self.catch(&dest),
+            dest,
+        }
+    }
+
+    fn kill(&mut self) {
+        self.server.kill();
+    }
+
+    async fn restart(&mut self) {
+        self.server.restart();
+    }
+
+    fn reports_down(&self) -> bool {
+        true
+    }
+
+    fn tolerance(&self) -> Duration {
+        // Scheduling, loopback and two NATS hops on a busy 2-core machine.
+        Duration::from_millis(25)
+    }
+}
+
+async fn nats_publish(
+    client: &async_nats::Client,
+    subject: &str,
+    token: Option<&str>,
+    body: Vec<u8>,
+) {
+    let mut h = async_nats::HeaderMap::new();
+    if let Some(t) = token {
+        h.insert(HEADER, t);
+    }
+    client
+        .publish_with_headers(subject.to_owned(), h, body.into())
+        .await
+        .expect("publish");
+}
+
+// ---------------------------------------------------------------- Kafka
+
+pub struct Kafka {
+    pub tansu: Tansu,
+    topics: Mutex<Vec<String>>,
+}
+
+impl Kafka {
+    fn producer(&self) -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.tansu.bootstrap())
+            .set("linger.ms", "0")
+            .create()
+            .expect("producer")
+    }
+}
+
+async fn kafka_produce(p: &FutureProducer, topic: &str, token: Option<&str>, body: &[u8]) {
+    let mut headers = OwnedHeaders::new();
+    if let Some(t) = token {
+        headers = headers.insert(Header {
+            key: HEADER,
+            value: Some(t.as_bytes()),
+        });
+    }
+    let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(topic).payload(body).headers(headers);
+    p.send(record, Duration::from_secs(5))
+        .await
+        .expect("produce");
+}
+
+impl Target for Kafka {
+    async fn start(_chirp_port: u16) -> Self {
+        Kafka {
+            tansu: Tansu::start(),
+            topics: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn connection(&self) -> Option<(String, String)> {
+        Some((
+            "k".into(),
+            format!("kafka: {{brokers: \"{}\"}}", self.tansu.bootstrap()),
+        ))
+    }
+
+    fn inject(&self, dest: &str) -> String {
+        format!("{{kafka: {{connection: k, topic: {dest}}}}}")
+    }
+
+    fn catch(&self, dest: &str) -> String {
+        self.inject(dest)
+    }
+
+    async fn prepare(&self, dests: &[&str]) {
+        let topics: Vec<(&str, i32)> = dests.iter().map(|d| (*d, 1)).collect();
+        create_topics(&self.tansu.bootstrap(), &topics).await;
+        self.topics
+            .lock()
+            .unwrap()
+            .extend(dests.iter().map(|d| (*d).to_owned()));
+    }
+
+    async fn relay(&self, from: &str, to: &str, _probe: &str, plan: Plan) -> JoinHandle<()> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.tansu.bootstrap())
+            .set("group.id", "relay")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "5")
+            .create()
+            .expect("relay consumer");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(from, 0, Offset::Beginning)
+            .expect("tpl");
+        consumer.assign(&tpl).expect("assign");
+        let producer = self.producer();
+        let to = to.to_owned();
+        let queue = forwarder(move |m: Msg| {
+            let (p, to) = (producer.clone(), to.clone());
+            async move { kafka_produce(&p, &to, m.token.as_deref(), &m.body).await }
+        });
+        tokio::spawn(async move {
+            let mut relay = Relay::new(plan);
+            let mut stream = consumer.stream();
+            while let Some(Ok(m)) = stream.next().await {
+                let token = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == HEADER).and_then(|h| h.value))
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                let _ = queue.send(relay.on(Msg {
+                    token,
+                    body: m.payload().unwrap_or_default().to_vec(),
+                }));
+            }
+        })
+    }
+
+    async fn publish(&self, dest: &str, _probe: &str, token: Option<&str>, body: Vec<u8>) {
+        kafka_produce(&self.producer(), dest, token, &body).await;
+    }
+
+    async fn looped(&self, name: &str) -> Looped {
+        let dest = format!("{name}-loop");
+        self.prepare(&[&dest]).await;
+        Looped {
+            inject: self.inject(&dest),
+            catch: self.catch(&dest),
+            dest,
+        }
+    }
+
+    fn kill(&mut self) {
+        self.tansu.kill();
+    }
+
+    async fn restart(&mut self) {
+        self.tansu.restart();
+        // tansu keeps topics in memory: after a restart they are gone and come back empty.
+        let topics = self.topics.lock().unwrap().clone();
+        let t: Vec<&str> = topics.iter().map(String::as_str).collect();
+        self.prepare(&t).await;
+    }
+
+    fn reports_down(&self) -> bool {
+        true
+    }
+
+    fn tolerance(&self) -> Duration {
+        // Two produce/fetch round trips through tansu.
+        Duration::from_millis(60)
+    }
+}
+
+// ---------------------------------------------------------------- HTTP
+
+/// HTTP in (an endpoint of the test's that forwards what it is POSTed),
+/// chirp's webhook receiver out.
+pub struct Webhook {
+    chirp_port: u16,
+    /// The test endpoint chirp POSTs to.
+    pub endpoint_port: u16,
+    /// The endpoint's server (stopped by cancelling), the plan it serves
+    /// and the probe it forwards to, so it can be stopped and started again.
+    server: Mutex<Option<(CancellationToken, Plan, String)>>,
+}
+
+impl Webhook {
+    fn hook(&self, probe: &str) -> String {
+        format!("http://127.0.0.1:{}/hooks/{probe}", self.chirp_port)
+    }
+
+    /// Serves until `stop`; stopping closes the port and every connection.
+    async fn serve(&self, plan: Plan, probe: &str, stop: CancellationToken) -> JoinHandle<()> {
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.endpoint_port)).await {
+                Ok(l) => break l,
+                // The port of an endpoint just stopped may take a moment.
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let relay = Arc::new(Mutex::new(Relay::new(plan)));
+        let hook = self.hook(probe);
+        let queue = forwarder(move |m: Msg| {
+            let hook = hook.clone();
+            async move { post_signed(&hook, m.token.as_deref(), m.body).await }
+        });
+        let app = axum::Router::new().route(
+            "/{dest}",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let (relay, queue) = (Arc::clone(&relay), queue.clone());
+                async move {
+                    let token = headers
+                        .get(HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    let _ = queue.send(relay.lock().unwrap().on(Msg {
+                        token,
+                        body: body.to_vec(),
+                    }));
+                    "accepted"
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        })
+    }
+}
+
+async fn post_signed(url: &str, token: Option<&str>, body: Vec<u8>) {
+    let signer = Signer::new(KEY.as_bytes());
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("X-Chirp-Signature", signer.signature(&body));
+    if let Some(t) = token {
+        req = req.header(HEADER, t);
+    }
+    let resp = req.body(body).send().await.expect("post to chirp");
+    assert_eq!(resp.status(), 200, "chirp refused a signed webhook");
+}
+
+impl Target for Webhook {
+    async fn start(chirp_port: u16) -> Self {
+        Webhook {
+            chirp_port,
+            endpoint_port: free_port(),
+            server: Mutex::new(None),
+        }
+    }
+
+    fn connection(&self) -> Option<(String, String)> {
+        None
+    }
+
+    fn inject(&self, dest: &str) -> String {
+        format!(
+            "{{http: {{url: \"http://127.0.0.1:{}/{dest}\"}}}}",
+            self.endpoint_port
+        )
+    }
+
+    fn catch(&self, _dest: &str) -> String {
+        "{http: {}}".into()
+    }
+
+    async fn prepare(&self, _dests: &[&str]) {}
+
+    async fn relay(&self, _from: &str, _to: &str, probe: &str, plan: Plan) -> JoinHandle<()> {
+        self.serve(plan, probe, CancellationToken::new()).await
+    }
+
+    async fn publish(&self, _dest: &str, probe: &str, token: Option<&str>, body: Vec<u8>) {
+        post_signed(&self.hook(probe), token, body).await;
+    }
+
+    async fn looped(&self, name: &str) -> Looped {
+        let stop = CancellationToken::new();
+        self.serve(Plan::default(), name, stop.clone()).await;
+        *self.server.lock().unwrap() = Some((stop, Plan::default(), name.to_owned()));
+        Looped {
+            inject: self.inject("loop"),
+            catch: self.catch(""),
+            dest: name.to_owned(),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some((stop, _, _)) = self.server.lock().unwrap().as_ref() {
+            stop.cancel();
+        }
+    }
+
+    async fn restart(&mut self) {
+        let (plan, probe) = {
+            let s = self.server.lock().unwrap();
+            let (_, plan, probe) = s.as_ref().expect("an endpoint to restart");
+            (plan.clone(), probe.clone())
+        };
+        let stop = CancellationToken::new();
+        self.serve(plan.clone(), &probe, stop.clone()).await;
+        *self.server.lock().unwrap() = Some((stop, plan, probe));
+    }
+
+    fn reports_down(&self) -> bool {
+        // An HTTP inject has no connection to lose; refused posts are publish failures.
+        false
+    }
+
+    fn tolerance(&self) -> Duration {
+        Duration::from_millis(25)
+    }
+}
