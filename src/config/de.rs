@@ -121,9 +121,6 @@ where
     d.deserialize_any(V(std::marker::PhantomData))
 }
 
-/// Transports chirp will have but does not have yet.
-const PLANNED: [&str; 3] = ["jetstream", "amqp", "mqtt"];
-
 /// serde's message, said the way the rest of chirp says things. Returns the
 /// message and, for a missing field, the field's name (it belongs in the path).
 pub fn friendly(message: &str) -> (String, Option<String>) {
@@ -156,33 +153,11 @@ pub fn friendly(message: &str) -> (String, Option<String>) {
             .map_or(("?", &[][..]), |(k, a)| (k.as_str(), a));
         let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
         let hint = super::errors::hint(value, &allowed);
-        let text = if allowed.contains(&"nats") {
-            if PLANNED.contains(&value) {
-                format!(
-                    "transport `{value}` is not supported yet (supported: {})",
-                    allowed.join(", ")
-                )
-            } else {
-                format!(
-                    "unknown transport `{value}` (one of: {}){hint}",
-                    allowed.join(", ")
-                )
-            }
-        } else {
-            format!(
-                "unknown value `{value}` (one of: {}){hint}",
-                allowed.join(", ")
-            )
-        };
-        return (text, None);
-    }
-    if message.contains("expected map containing 1 entry") || message.starts_with("invalid length")
-    {
-        return (
-            "name exactly one transport, e.g. `nats: {connection: main, subject: orders.in}`"
-                .to_owned(),
-            None,
+        let text = format!(
+            "unknown value `{value}` (one of: {}){hint}",
+            allowed.join(", ")
         );
+        return (text, None);
     }
     for prefix in ["invalid type: ", "invalid value: "] {
         if let Some((found, expected)) = message
@@ -253,14 +228,6 @@ mod tests {
         assert_eq!(
             friendly("missing field `subject`"),
             ("is required".to_owned(), Some("subject".to_owned()))
-        );
-        assert_eq!(
-            friendly("unknown variant `natz`, expected one of `nats`, `http`, `kafka`").0,
-            "unknown transport `natz` (one of: nats, http, kafka); did you mean `nats`?"
-        );
-        assert_eq!(
-            friendly("unknown variant `amqp`, expected one of `nats`, `http`, `kafka`").0,
-            "transport `amqp` is not supported yet (supported: nats, http, kafka)"
         );
         assert_eq!(
             friendly("unknown variant `grcp`, expected `grpc` or `http/protobuf`").0,

@@ -127,10 +127,6 @@ pub const DEFAULT_PERIOD: Duration = Duration::from_secs(30 * 86_400);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9464";
 
-/// Keys whose empty value (`otlp:`, `http:`) means "on, with the defaults".
-const EMPTY_MEANS_DEFAULTS: [&str; 7] =
-    ["otlp", "nats", "http", "kafka", "jetstream", "amqp", "mqtt"];
-
 /// Reads and validates a configuration file.
 pub fn load_file(path: &Path, env: &dyn Env) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
@@ -178,7 +174,9 @@ pub fn load_str(text: &str, env: &dyn Env) -> Result<Config, Vec<ConfigError>> {
 
 /// Interpolates `${VAR}` in every string and turns every other scalar into
 /// its text, so values read the same whether written literally or from the
-/// environment. Empty values are dropped, except where emptiness means "on".
+/// environment. An empty value is as if the key were not there, except as
+/// the only key of its mapping (`catch: {http: }`, `slo: {latency: }`) or
+/// for `otlp:`, where it means "this, with the defaults".
 fn prepare(value: &mut Value, path: &str, env: &dyn Env, p: &mut Problems) {
     match value {
         Value::String(s) => match vars::interpolate(s, env) {
@@ -194,6 +192,7 @@ fn prepare(value: &mut Value, path: &str, env: &dyn Env, p: &mut Problems) {
         }
         Value::Mapping(m) => {
             let old = std::mem::take(m);
+            let only = old.len() == 1;
             for (k, mut v) in old {
                 let key = match k {
                     Value::String(s) => s,
@@ -205,7 +204,7 @@ fn prepare(value: &mut Value, path: &str, env: &dyn Env, p: &mut Problems) {
                     }
                 };
                 if v.is_null() {
-                    if !EMPTY_MEANS_DEFAULTS.contains(&key.as_str()) {
+                    if !only && key != "otlp" {
                         continue;
                     }
                     v = Value::Mapping(Default::default());

@@ -24,6 +24,28 @@ use tokio_util::task::TaskTracker;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Transports chirp will have but does not have yet.
+const PLANNED: [&str; 3] = ["jetstream", "amqp", "mqtt"];
+
+const ONE_TRANSPORT: &str =
+    "name exactly one transport, e.g. `nats: {connection: main, subject: orders.in}`";
+
+/// The error for a key that names no transport.
+fn unknown_transport<E: serde::de::Error>(key: &str, known: &[&str]) -> E {
+    if PLANNED.contains(&key) {
+        E::custom(format!(
+            "transport `{key}` is not supported yet (supported: {})",
+            known.join(", ")
+        ))
+    } else {
+        E::custom(format!(
+            "unknown transport `{key}` (one of: {}){}",
+            known.join(", "),
+            hint(key, known)
+        ))
+    }
+}
+
 /// `{<transport>: {...}}`: a mapping with exactly one key naming the transport.
 macro_rules! one_transport {
     ($ty:ident { $($name:literal => $variant:ident($inner:ty)),* $(,)? }) => {
@@ -38,14 +60,14 @@ macro_rules! one_transport {
                     }
                     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<$ty, A::Error> {
                         let Some(key) = map.next_key::<String>()? else {
-                            return Err(A::Error::invalid_length(0, &"one transport"));
+                            return Err(A::Error::custom(ONE_TRANSPORT));
                         };
                         let value = match key.as_str() {
                             $($name => $ty::$variant(map.next_value::<$inner>()?),)*
-                            other => return Err(A::Error::unknown_variant(other, &[$($name),*])),
+                            other => return Err(unknown_transport(other, &[$($name),*])),
                         };
                         if map.next_key::<String>()?.is_some() {
-                            return Err(A::Error::invalid_length(2, &"one transport"));
+                            return Err(A::Error::custom(ONE_TRANSPORT));
                         }
                         Ok(value)
                     }
@@ -116,6 +138,8 @@ impl ConnectionConfig {
 pub struct End {
     /// The transport: `nats`, `kafka`, `http`.
     pub system: &'static str,
+    /// OpenTelemetry's `messaging.system`, for a messaging system (not HTTP).
+    pub messaging: Option<&'static str>,
     /// Subject or topic; none for webhooks (URLs may carry credentials).
     pub destination: Option<String>,
     /// The named connection, if any.

@@ -313,3 +313,67 @@ fn check_exits_3_when_the_topic_does_not_exist() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("topic `nowhere`"), "{err}");
 }
+
+/// Whether commented text `rest` is YAML (an example), not prose.
+fn is_yaml(rest: &str) -> bool {
+    let t = rest.trim_start();
+    let key: String = t
+        .chars()
+        .take_while(|c| c.is_ascii_lowercase() || *c == '_' || *c == '-')
+        .collect();
+    t.starts_with("- ")
+        || t.starts_with('#')
+        || (!key.is_empty() && t[key.len()..].starts_with(':'))
+}
+
+/// The shipped file's commented examples uncommented as a user would, by
+/// deleting the `# ` of each block at the block's column (what a block
+/// selection in an editor does), and every line whose `#` is not at its
+/// block's column.
+fn uncommented(text: &str) -> (String, Vec<String>) {
+    let mut out = Vec::new();
+    let mut misplaced = Vec::new();
+    let mut column: Option<usize> = None;
+    for (n, line) in text.lines().enumerate() {
+        let indent = line.len() - line.trim_start().len();
+        match line[indent..].strip_prefix("# ") {
+            Some(rest) if is_yaml(rest) => {
+                let col = *column.get_or_insert(indent);
+                if indent != col {
+                    misplaced.push(format!(
+                        "line {}: `#` at column {}, its block's at {}",
+                        n + 1,
+                        indent + 1,
+                        col + 1
+                    ));
+                }
+                out.push(format!("{}{rest}", &line[..indent]));
+            }
+            _ => {
+                column = None;
+                out.push(line.to_owned());
+            }
+        }
+    }
+    (out.join("\n"), misplaced)
+}
+
+#[test]
+fn the_shipped_examples_are_valid_once_uncommented() {
+    let text = std::fs::read_to_string(SHIPPED).unwrap();
+    let (all, misplaced) = uncommented(&text);
+    assert!(
+        misplaced.is_empty(),
+        "mis-indented examples in probes.yaml: {misplaced:#?}"
+    );
+    assert_ne!(all, text, "there are examples to uncomment");
+    let c = chirp::config::load_str(&all, &std::collections::HashMap::new())
+        .unwrap_or_else(|e| panic!("the uncommented examples do not load: {e:#?}\n{all}"));
+    assert!(c.connections.contains_key("main-nats") && c.connections.contains_key("main-kafka"));
+    assert!(
+        c.probes.iter().any(|p| p.name == "orders"),
+        "{:?}",
+        c.probes
+    );
+    assert!(c.otlp.is_some());
+}

@@ -100,8 +100,8 @@ fn probe_attrs(config: &ProbeConfig) -> Vec<KeyValue> {
         KeyValue::new("chirp.inject", inject.system),
         KeyValue::new("chirp.catch", config.catch.system()),
     ];
-    if inject.system != "http" {
-        attrs.push(KeyValue::new("messaging.system", inject.system));
+    if let Some(system) = inject.messaging {
+        attrs.push(KeyValue::new("messaging.system", system));
     }
     if let Some(d) = inject.destination {
         attrs.push(KeyValue::new("messaging.destination.name", d));

@@ -303,6 +303,7 @@ mod tests {
             .build();
         let end = |d: &str| Endpoint {
             system: "nats",
+            messaging: Some("nats"),
             destination: Some(d.to_owned()),
             connection: None,
             description: String::new(),

@@ -105,6 +105,7 @@ impl CatchConfig {
 pub fn inject_end(c: &InjectConfig) -> super::super::End {
     super::super::End {
         system: "http",
+        messaging: None,
         destination: None,
         connection: None,
         description: format!("HTTP {}", c.url),
@@ -114,6 +115,7 @@ pub fn inject_end(c: &InjectConfig) -> super::super::End {
 pub fn catch_end(probe: &str) -> super::super::End {
     super::super::End {
         system: "http",
+        messaging: None,
         destination: None,
         connection: None,
         description: format!("chirp's webhook /hooks/{probe}"),

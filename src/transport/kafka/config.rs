@@ -209,6 +209,7 @@ impl CatchConfig {
 
 pub fn end(topic: &str, connection: &str) -> super::super::End {
     super::super::End {
+        messaging: Some("kafka"),
         system: "kafka",
         destination: Some(topic.to_owned()),
         connection: Some(connection.to_owned()),

@@ -106,6 +106,7 @@ impl CatchConfig {
 
 pub fn end(subject: &str, connection: &str) -> super::super::End {
     super::super::End {
+        messaging: Some("nats"),
         system: "nats",
         destination: Some(subject.to_owned()),
         connection: Some(connection.to_owned()),
