@@ -293,18 +293,20 @@ impl Runtime {
     }
 
     /// Stops everything (injecting, catching, the listener, exporters,
-    /// clients) within [`SHUTDOWN_MARGIN`], and says so if that was not enough.
+    /// clients) within [`SHUTDOWN_MARGIN`], and says so if that was not
+    /// enough. Tasks get half of it, so the last OTLP export keeps the rest.
     pub async fn shutdown(mut self) {
-        let give_up = Instant::now() + SHUTDOWN_MARGIN;
+        let started = Instant::now();
+        let give_up = started + SHUTDOWN_MARGIN;
         self.inject_stop.cancel();
         self.abort.cancel();
         self.stop.cancel();
         self.server_stop.cancel();
         self.tasks.close();
-        let stopped = tokio::time::timeout_at(give_up, async {
+        let stopped = tokio::time::timeout_at(started + SHUTDOWN_MARGIN / 2, async {
             self.injection_done().await;
             self.tasks.wait().await;
-            if let Some(s) = self.server.take() {
+            if let Some(s) = self.server.as_mut() {
                 let _ = s.await;
             }
         })
@@ -312,10 +314,13 @@ impl Runtime {
         if stopped.is_err() {
             tracing::warn!(
                 left = self.tasks.len(),
-                "Some tasks did not stop within {}; exiting anyway.",
-                humantime::format_duration(SHUTDOWN_MARGIN)
+                "Some tasks did not stop within {}; going on without them.",
+                humantime::format_duration(SHUTDOWN_MARGIN / 2)
             );
             self.injects.abort_all();
+            if let Some(s) = self.server.take() {
+                s.abort();
+            }
         }
         // Last, so the final export has every canary's outcome.
         if let Some(t) = self.telemetry.take() {

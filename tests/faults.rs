@@ -54,7 +54,7 @@ async fn relay_faults<T: Target>() {
     let relay = t.relay("relay-in", "relay-out", "relayed", plan).await;
     let config = conf(&t, port)
         .probe(format!(
-            "{{name: relayed, interval: 50ms, deadline: 3s, inject: {}, catch: {}}}",
+            "{{name: relayed, interval: 50ms, deadline: 3s, inject: {}, catch: {}, slo: {{delivery: {{objective: 99%}}}}}}",
             t.inject("relay-in"),
             t.catch("relay-out")
         ))
@@ -94,8 +94,13 @@ async fn relay_faults<T: Target>() {
         d(l.p90)
     );
     assert!(d(l.min) >= FAST, "min {:?}", d(l.min));
+    let watched = rt.probes[0].clone();
     rt.shutdown().await;
     relay.abort();
+    // The SLO engine heard of every resolution exactly once.
+    let slo = watched.slo.expect("an SLO").state(Instant::now());
+    assert_eq!(slo.totals.events, COUNT, "{:?}", slo.totals);
+    assert_eq!(slo.totals.delivery_good, COUNT - 4, "{:?}", slo.totals);
 }
 
 async fn restart<T: Target>() {

@@ -17,17 +17,17 @@ const RANKS: &[(&str, u32)] = &[
     ("config::secret", 0),
     ("config::vars", 0),
     ("config::de", 1),
-    ("config::tls", 1),
-    ("transport", 2),
-    ("config", 3),
-    ("probe::ledger", 4),
-    ("probe", 5),
-    ("slo", 6),
-    ("report", 7),
-    ("export", 8),
-    ("server", 9),
-    ("runtime", 10),
-    ("cmd", 11),
+    ("config::tls", 2),
+    ("transport", 3),
+    ("config", 4),
+    ("probe::ledger", 5),
+    ("probe", 6),
+    ("slo", 7),
+    ("report", 8),
+    ("export", 9),
+    ("server", 10),
+    ("runtime", 11),
+    ("cmd", 12),
 ];
 
 /// The ranked module `path` belongs to, and its rank.
@@ -61,11 +61,70 @@ fn production(text: &str) -> String {
             }
             continue;
         }
-        let code = line.split("//").next().unwrap_or("");
+        let code = without_comment(line);
         out.push_str(code);
         out.push('\n');
     }
     out
+}
+
+/// `line` without its `//` comment (a `//` inside a string literal is code).
+fn without_comment(line: &str) -> &str {
+    let mut in_string = false;
+    let mut escaped = false;
+    let bytes = line.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if in_string => escaped = true,
+            b'"' => in_string = !in_string,
+            b'/' if !in_string && bytes.get(i + 1) == Some(&b'/') => return &line[..i],
+            _ => {}
+        }
+    }
+    line
+}
+
+/// The paths of a use-tree body such as `a::b, c::{d, e}` (nested braces).
+fn use_tree(body: &str, prefix: &str, out: &mut BTreeSet<String>) {
+    let mut depth = 0;
+    let mut start = 0;
+    let mut entries = Vec::new();
+    for (i, c) in body.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                entries.push(&body[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    entries.push(&body[start..]);
+    for e in entries.into_iter().map(str::trim).filter(|e| !e.is_empty()) {
+        match e.split_once('{') {
+            Some((head, rest)) => {
+                let inner = rest.strip_suffix('}').unwrap_or(rest);
+                use_tree(inner, &join_str(prefix, head.trim_end_matches("::")), out);
+            }
+            None => {
+                let path: String = e
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+                    .collect();
+                out.insert(join_str(prefix, &path));
+            }
+        }
+    }
+}
+
+fn join_str(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_owned(),
+        (_, true) => a.to_owned(),
+        _ => format!("{a}::{b}"),
+    }
 }
 
 /// Every module path `text` (in module `here`) refers to through `crate::` or `super::`.
@@ -96,16 +155,21 @@ fn references(text: &str, here: &str) -> BTreeSet<String> {
         };
         let start = i + skip;
         if text[start..].starts_with('{') {
-            // `crate::{a::b, c}`: each entry is a reference.
-            let end = start + text[start..].find('}').unwrap_or(0);
-            for entry in text[start + 1..end].split(',') {
-                let path: String = entry
-                    .trim()
-                    .chars()
-                    .take_while(|c| is_ident(*c as u8) || *c == ':')
-                    .collect();
-                refs.insert(join(&base, &path));
+            // `crate::{a::b, c::{d, e}}`: each leaf is a reference.
+            let mut depth = 0;
+            let mut end = start;
+            for (j, c) in text[start..].char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+                if depth == 0 {
+                    end = start + j;
+                    break;
+                }
             }
+            use_tree(&text[start + 1..end], &base.join("::"), &mut refs);
             i = end;
         } else {
             let path: String = text[start..]

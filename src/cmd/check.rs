@@ -116,13 +116,16 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
         .max()
         .unwrap_or_default();
     rt.drain(longest + Duration::from_secs(1)).await;
-    let now = Instant::now();
     if let Some((bar, task)) = progress {
         task.abort();
         bar.finish_and_clear();
     }
-    let reports: Vec<ProbeReport> = rt.probes.iter().map(|w| ProbeReport::of(w, now)).collect();
+    // Reports are read once nothing runs any more: every observer has heard
+    // of every resolution, so SLO totals and counts agree.
+    let probes = rt.probes.clone();
     rt.shutdown().await;
+    let now = Instant::now();
+    let reports: Vec<ProbeReport> = probes.iter().map(|w| ProbeReport::of(w, now)).collect();
 
     let gates = Gates {
         max_loss_percent: args.max_loss,

@@ -98,8 +98,8 @@ pub(super) struct RawOtlp {
     traces: Option<Option<f64>>,
 }
 
-/// `traces: true | false | {sample_ratio}`: `Some(None)` is on with the
-/// SDK's sampler, `None` is off.
+/// `traces: true | false | {sample_ratio}`: on (`true` or no ratio: every
+/// canary, ratio 1) or off (`None`).
 fn traces<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -209,6 +209,7 @@ pub(super) fn resolve(
             );
         }
     }
+    check_sdk_variables(&vars, path, p);
     let mut signal = |on: bool, name: &str, http_path: &str| {
         on.then(|| resolve_signal(&raw, &vars, name, http_path, path, p))
     };
@@ -331,6 +332,90 @@ fn resolve_signal(
         timeout,
         gzip,
         tls,
+    }
+}
+
+/// The variables the SDK reads itself (it ignores a bad one without a
+/// word): checked here, so a mistake is a configuration error. Errors name
+/// the variable and never quote a value, which may be a secret.
+fn check_sdk_variables(vars: &Vars, path: &str, p: &mut Problems) {
+    for (name, key) in [
+        ("OTEL_EXPORTER_OTLP_HEADERS", "headers"),
+        ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "headers"),
+        ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "headers"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "resource"),
+    ] {
+        let Some((_, list)) = vars.first(&[name]) else {
+            continue;
+        };
+        for (i, pair) in list
+            .split(',')
+            .enumerate()
+            .filter(|(_, x)| !x.trim().is_empty())
+        {
+            let good = pair.split_once('=').is_some_and(|(k, _)| {
+                let k = k.trim();
+                !k.is_empty()
+                    && (key != "headers"
+                        || http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).is_ok())
+            });
+            if !good {
+                p.add(
+                    child(path, key),
+                    format!(
+                        "{name}: entry {} is not `name=value` with a valid name",
+                        i + 1
+                    ),
+                );
+            }
+        }
+    }
+    let choices: [(&str, &str, &[&str]); 4] = [
+        (
+            "OTEL_TRACES_SAMPLER",
+            "traces",
+            &[
+                "always_on",
+                "always_off",
+                "traceidratio",
+                "parentbased_always_on",
+                "parentbased_always_off",
+                "parentbased_traceidratio",
+            ],
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+            "temporality",
+            &["cumulative", "delta", "lowmemory"],
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+            "compression",
+            &["gzip", "none"],
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+            "compression",
+            &["gzip", "none"],
+        ),
+    ];
+    for (name, key, allowed) in choices {
+        if let Some((_, v)) = vars.first(&[name]) {
+            if !allowed.contains(&v.to_ascii_lowercase().as_str()) {
+                p.add(
+                    child(path, key),
+                    format!("{name}=`{v}` is not one of: {}", allowed.join(", ")),
+                );
+            }
+        }
+    }
+    if let Some((_, arg)) = vars.first(&["OTEL_TRACES_SAMPLER_ARG"]) {
+        if !arg.parse::<f64>().is_ok_and(|x| (0.0..=1.0).contains(&x)) {
+            p.add(
+                child(path, "traces"),
+                format!("OTEL_TRACES_SAMPLER_ARG=`{arg}` is not a ratio between 0 and 1"),
+            );
+        }
     }
 }
 

@@ -79,22 +79,23 @@ impl Endpoint {
     }
 }
 
+/// Hides everything before the last `@` (a password may hold `/`, `?` or
+/// `#` unencoded, so the authority cannot be trusted to end at them) and the
+/// query. A URL with `@` only in its path is hidden a little too much.
 fn redact_one(url: &str) -> String {
     let (scheme, rest) = match url.find("://") {
         Some(i) => (&url[..i + 3], &url[i + 3..]),
         None => ("", url),
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let host = match authority.rfind('@') {
-        Some(at) => format!("***@{}", &authority[at + 1..]),
-        None => authority.to_owned(),
+    let (user, rest) = match rest.rfind('@') {
+        Some(at) => ("***@", &rest[at + 1..]),
+        None => ("", rest),
     };
-    let tail = match tail.find('?') {
-        Some(q) => format!("{}?***", &tail[..q]),
-        None => tail.to_owned(),
+    let rest = match rest.find('?') {
+        Some(q) => format!("{}?***", &rest[..q]),
+        None => rest.to_owned(),
     };
-    format!("{scheme}{host}{tail}")
+    format!("{scheme}{user}{rest}")
 }
 
 impl<'de> serde::Deserialize<'de> for Endpoint {
@@ -128,5 +129,17 @@ mod endpoint_tests {
         assert_eq!(h.to_string(), "https://hooks.example/in/x?***");
         assert_eq!(Endpoint::new("/hooks/self").to_string(), "/hooks/self");
         assert_eq!(h.expose(), "https://hooks.example/in/x?token=s3cret&a=b");
+        for raw in [
+            "nats://alice:p#ss@h:4222",
+            "nats://alice:p/ss@h:4222",
+            "nats://alice:p?ss@h",
+        ] {
+            let shown = Endpoint::new(raw).redacted();
+            assert!(
+                !shown.contains("ss@") && !shown.contains("alice"),
+                "{shown}"
+            );
+            assert!(shown.starts_with("nats://***@h"), "{shown}");
+        }
     }
 }

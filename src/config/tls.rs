@@ -22,24 +22,10 @@ impl TlsConfig {
     }
 }
 
-/// Reads `tls: true | false | {ca_file, cert_file, key_file}` (scalars arrive as strings).
+/// Reads `tls: true | false | {ca_file, cert_file, key_file}`.
 pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<TlsConfig>, D::Error> {
-    struct V;
-    impl<'de> serde::de::Visitor<'de> for V {
-        type Value = Option<TlsConfig>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("true, false, or a mapping with ca_file, cert_file, key_file")
-        }
-        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
-            match s {
-                "true" => Ok(Some(TlsConfig::default())),
-                "false" => Ok(None),
-                _ => Err(E::invalid_value(serde::de::Unexpected::Str(s), &self)),
-            }
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-            TlsConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
-        }
-    }
-    d.deserialize_any(V)
+    Ok(match super::de::switch_or::<TlsConfig, D>(d)? {
+        super::de::SwitchOr::Switch(on) => on.then(TlsConfig::default),
+        super::de::SwitchOr::Value(t) => Some(t),
+    })
 }

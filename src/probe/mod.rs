@@ -243,19 +243,22 @@ impl Probe {
         let done = |seq: u64, intended: Instant| {
             limit.is_some_and(|n| seq >= n) || until.is_some_and(|u| intended >= u)
         };
-        let mut first = true;
+        // Partitions found since the probe was made, or since the last pass, get lanes.
+        let sync_lanes = |rx: &mut tokio::sync::watch::Receiver<Vec<i32>>| {
+            let now = Instant::now();
+            for p in rx.borrow_and_update().iter() {
+                self.add_lane(*p as u32, Some(*p), now.max(start));
+            }
+        };
+        if let Some(rx) = partitions.as_mut() {
+            sync_lanes(rx);
+        }
         loop {
-            // Partitions found since the probe was made (or since the last pass) get lanes.
-            if let Some(rx) = partitions
-                .as_mut()
-                .filter(|rx| first || rx.has_changed().unwrap_or(false))
-            {
-                let now = Instant::now();
-                for p in rx.borrow_and_update().iter() {
-                    self.add_lane(*p as u32, Some(*p), now.max(start));
+            if let Some(rx) = partitions.as_mut() {
+                if rx.has_changed().unwrap_or(false) {
+                    sync_lanes(rx);
                 }
             }
-            first = false;
             let lanes = self.lanes();
             if lanes.is_empty() {
                 // Per-partition mode before the topic's partitions are known:
@@ -263,7 +266,13 @@ impl Probe {
                 let Some(rx) = partitions.as_mut() else { break };
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    r = rx.changed() => if r.is_err() { break } else { continue },
+                    r = rx.changed() => match r {
+                        Ok(()) => {
+                            sync_lanes(rx);
+                            continue;
+                        }
+                        Err(_) => break,
+                    },
                 }
             }
             let mut next_slot: Option<Instant> = None;
@@ -310,18 +319,22 @@ impl Probe {
         lane: &Arc<Lane>,
         abort: &CancellationToken,
     ) {
-        let now = Instant::now();
-        let mut events = Events::new();
-        let (seq, intended) = {
-            let mut l = lane.ledger();
-            l.expire(now, &mut events);
-            let (_, intended) = l.next_slot();
-            (l.send(now, &mut events), intended)
-        };
+        // Only this loop sends on a lane, so the next slot stays the next one
+        // while the observers get ready for it (a trace observer opens its
+        // span before anything can resolve the canary).
+        let (next, intended) = lane.ledger().next_slot();
         let traceparent = self
             .observers
             .iter()
-            .find_map(|o| o.sending(lane.id, seq, intended));
+            .find_map(|o| o.sending(lane.id, next, intended));
+        let now = Instant::now();
+        let mut events = Events::new();
+        let seq = {
+            let mut l = lane.ledger();
+            l.expire(now, &mut events);
+            l.send(now, &mut events)
+        };
+        debug_assert_eq!(seq, next);
         self.tell(lane.id, &events);
         if now.saturating_duration_since(intended) >= self.config.deadline {
             // The producer stalled past this canary's whole deadline: it
@@ -449,3 +462,6 @@ impl CatchSink for Probe {
         self.stray(kind);
     }
 }
+
+#[cfg(test)]
+mod tests;

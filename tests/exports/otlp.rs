@@ -471,7 +471,27 @@ async fn kafka_and_webhook_canaries_carry_their_trace_context() {
     assert_eq!(counts[1].0, 20, "{counts:?}");
     rt.shutdown().await;
 
-    let spans = rx.received().spans();
+    let got = rx.received();
+    // Every send, acknowledgement and delivery is recorded once, partitions included.
+    for (i, probe) in ["kafka", "webhook"].into_iter().enumerate() {
+        let (sent, delivered) = counts[i];
+        assert_eq!(
+            got.last_exp_count("chirp.schedule_lag", probe),
+            Some(sent),
+            "{probe}"
+        );
+        assert_eq!(
+            got.last_exp_count("chirp.publish_latency", probe),
+            Some(sent),
+            "{probe}"
+        );
+        assert_eq!(
+            got.last_exp_count("chirp.latency", probe),
+            Some(delivered),
+            "{probe}"
+        );
+    }
+    let spans = got.spans();
     for (i, probe) in ["kafka", "webhook"].into_iter().enumerate() {
         let of = |kind: i32| -> Vec<_> {
             spans

@@ -370,6 +370,22 @@ impl Received {
             .collect()
     }
 
+    /// The count of exponential histogram `name` for `probe` in the last
+    /// request that has it, summed over its other attributes (partitions).
+    pub fn last_exp_count(&self, name: &str, probe: &str) -> Option<u64> {
+        let m = self.metrics_named(name).pop()?;
+        let Some(metric::Data::ExponentialHistogram(h)) = m.data else {
+            panic!("{name} is not an exponential histogram")
+        };
+        Some(
+            h.data_points
+                .iter()
+                .filter(|p| str_attr(&p.attributes, "probe") == Some(probe))
+                .map(|p| p.count)
+                .sum(),
+        )
+    }
+
     pub fn spans(&self) -> Vec<Span> {
         self.traces
             .iter()

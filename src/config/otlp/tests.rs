@@ -225,3 +225,33 @@ fn debug_output_hides_header_values_and_url_credentials() {
         "{shown}"
     );
 }
+
+#[test]
+fn mistakes_in_the_variables_the_sdk_reads_are_errors_that_do_not_quote_values() {
+    let (_, errors) = read(
+        "{}",
+        &[
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-team=sre,s3cr3t-api-key"),
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
+            ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+                "sideways",
+            ),
+            ("OTEL_RESOURCE_ATTRIBUTES", "team=sre,=x"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "zip"),
+        ],
+    );
+    let all = errors.join("\n");
+    for want in [
+        "export.otlp.headers: OTEL_EXPORTER_OTLP_HEADERS: entry 2 is not `name=value`",
+        "export.otlp.traces: OTEL_TRACES_SAMPLER=`sometimes` is not one of",
+        "export.otlp.traces: OTEL_TRACES_SAMPLER_ARG=`1.5` is not a ratio between 0 and 1",
+        "export.otlp.temporality: OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=`sideways`",
+        "export.otlp.resource: OTEL_RESOURCE_ATTRIBUTES: entry 2 is not `name=value`",
+        "export.otlp.compression: OTEL_EXPORTER_OTLP_COMPRESSION=`zip`",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+    assert!(!all.contains("s3cr3t"), "{all}");
+}

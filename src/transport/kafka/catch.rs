@@ -169,7 +169,12 @@ async fn catch_loop(
             biased;
             _ = stop.cancelled() => break,
             _ = refresh.tick() => {
-                match assign(&consumer, &topic, &state).await {
+                // A metadata read blocks up to 5 s: it must not hold up stopping.
+                let assigned = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    a = assign(&consumer, &topic, &state) => a,
+                };
+                match assigned {
                     Ok(n) if n > 0 => tracing::info!(probe = %sink.name(), topic = %topic, added = n, "Catching from new partitions."),
                     Err(e) => tracing::debug!(probe = %sink.name(), error = %crate::transport::chain(&e), "Cannot refresh the catch topic's partitions."),
                     _ => {}

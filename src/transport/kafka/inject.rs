@@ -221,7 +221,11 @@ async fn watch_partitions(inject: Arc<KafkaInject>, probe: String, stop: Cancell
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Ok(ps) = inject.read_partitions().await {
+        let read = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = inject.read_partitions() => r,
+        };
+        if let Ok(ps) = read {
             for p in inject.add_lanes(ps) {
                 tracing::info!(probe = %probe, partition = p, "Sending canaries to a new partition.");
             }

@@ -33,7 +33,7 @@ fn bad_urls_are_errors_that_never_quote_credentials() {
         "nats://u:hunter2@a,nats://v:other@b",
     ] {
         let e = parse_urls(bad).unwrap_err().to_string();
-        assert!(!e.contains("hunter2"), "{e}");
+        assert!(!e.contains("hunter2") && !e.contains("er2@"), "{e}");
     }
     let cfg = config::ConnectionConfig {
         url: Endpoint::new("nats://u:hunter2@n1:4222"),
