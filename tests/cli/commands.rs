@@ -22,7 +22,7 @@ fn validate_prints_every_mistake_with_its_place_and_exits_2() {
     let cfg = config_file(
         "signing_key: ${CHIRP_TEST_NO_SUCH_VAR}\nprobes:\n  - name: a\n    intervall: 1s\n    inject: {http: {url: /hooks/a}}\n    catch: {http: {}}\n  - name: b\n    deadline: 5 parsecs\n    inject: {http: {url: /hooks/b}}\n    catch: {http: {}}\n  - name: c\n    inject: {http: {url: /hooks/c}}\n    catch: {htp: {}}\n  - name: d\n    slo: {delivery: {objective: 0.999}}\n    inject: {http: {url: /hooks/d}}\n    catch: {http: {}}\n",
     );
-    let out = Command::new(CHIRP)
+    let out = Command::new(&*CHIRP)
         .args(["validate", "-c"])
         .arg(&cfg.path)
         .env_remove("CHIRP_TEST_NO_SUCH_VAR")
@@ -46,7 +46,7 @@ fn validate_prints_every_mistake_with_its_place_and_exits_2() {
 
 #[test]
 fn validate_accepts_the_shipped_configuration() {
-    let out = exits(Command::new(CHIRP).args(["validate", "-c", SHIPPED]), 0);
+    let out = exits(Command::new(&*CHIRP).args(["validate", "-c", SHIPPED]), 0);
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 probes"));
 }
 
@@ -54,7 +54,7 @@ fn validate_accepts_the_shipped_configuration() {
 fn check_passes_on_a_healthy_loop_and_fails_an_impossible_p99() {
     let nats = NatsServer::start();
     let cfg = config_file(&nats_config(&nats.url()));
-    let out = Command::new(CHIRP)
+    let out = Command::new(&*CHIRP)
         .args(["check", "--count", "500", "--max-loss", "0%", "-c"])
         .arg(&cfg.path)
         .output()
@@ -81,7 +81,7 @@ fn check_passes_on_a_healthy_loop_and_fails_an_impossible_p99() {
         "{stdout}"
     );
 
-    let out = Command::new(CHIRP)
+    let out = Command::new(&*CHIRP)
         .args([
             "check",
             "--count",
@@ -111,7 +111,7 @@ fn check_passes_on_a_healthy_loop_and_fails_an_impossible_p99() {
 fn check_exits_3_when_the_broker_cannot_be_reached() {
     let cfg = config_file(&nats_config(&format!("nats://127.0.0.1:{}", free_port())));
     let out = exits(
-        Command::new(CHIRP)
+        Command::new(&*CHIRP)
             .args(["check", "--count", "5", "-c"])
             .arg(&cfg.path),
         3,
@@ -121,7 +121,7 @@ fn check_exits_3_when_the_broker_cannot_be_reached() {
 
 #[test]
 fn check_without_an_amount_is_a_usage_error() {
-    let out = exits(Command::new(CHIRP).args(["check", "-c", SHIPPED]), 2);
+    let out = exits(Command::new(&*CHIRP).args(["check", "-c", SHIPPED]), 2);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("the following required arguments were not provided"),
@@ -136,7 +136,7 @@ fn check_without_an_amount_is_a_usage_error() {
 #[test]
 fn run_with_the_shipped_config_serves_growing_counts_and_stops_on_sigterm() {
     let port = free_port();
-    let mut child = Command::new(CHIRP)
+    let mut child = Command::new(&*CHIRP)
         .args([
             "run",
             "-c",
@@ -220,7 +220,7 @@ fn run_with_the_shipped_config_serves_growing_counts_and_stops_on_sigterm() {
 #[test]
 fn check_for_a_duration_on_the_self_test_loop() {
     let out = exits(
-        Command::new(CHIRP)
+        Command::new(&*CHIRP)
             .args([
                 "check",
                 "-c",
@@ -242,7 +242,7 @@ fn check_for_a_duration_on_the_self_test_loop() {
     assert_eq!(c["delivered"], 5, "{v}");
     assert_eq!(v["passed"], true);
 
-    let out = Command::new(CHIRP)
+    let out = Command::new(&*CHIRP)
         .args([
             "check",
             "-c",
@@ -269,7 +269,7 @@ async fn check_on_tansu_reports_partitions_and_passes() {
         .probe("{name: tk, interval: 5ms, deadline: 5s, inject: {kafka: {connection: t, topic: canaries, partitions: all}}, catch: {kafka: {connection: t, topic: canaries}}}")
         .file();
     let out = exits(
-        Command::new(CHIRP)
+        Command::new(&*CHIRP)
             .args([
                 "check",
                 "--count",
@@ -305,7 +305,7 @@ fn check_exits_3_when_the_topic_does_not_exist() {
         .probe("{name: tk, inject: {kafka: {connection: t, topic: nowhere, partitions: all}}, catch: {kafka: {connection: t, topic: nowhere}}}")
         .file();
     let out = exits(
-        Command::new(CHIRP)
+        Command::new(&*CHIRP)
             .args(["check", "--count", "5", "-c"])
             .arg(&cfg.path),
         3,

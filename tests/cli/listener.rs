@@ -49,7 +49,7 @@ fn check_runs_next_to_run_binding_only_what_it_needs() {
         .probe("{name: self, interval: 10ms, inject: {http: {url: /hooks/self}}, catch: {http: {}}}")
         .file();
     let _run = Kill(
-        Command::new(CHIRP)
+        Command::new(&*CHIRP)
             .args(["run", "-c"])
             .arg(&cfg.path)
             .stdout(Stdio::null())
@@ -67,7 +67,7 @@ fn check_runs_next_to_run_binding_only_what_it_needs() {
     }
     // No probe of this check needs the listener: it binds nothing.
     let check = |probe: &str| {
-        let mut c = Command::new(CHIRP);
+        let mut c = Command::new(&*CHIRP);
         c.args(["check", "--count", "20", "--probe", probe, "-c"])
             .arg(&cfg.path);
         c
@@ -96,7 +96,7 @@ fn run_on_a_taken_port_is_a_clear_error() {
         .listen(format!("127.0.0.1:{port}"))
         .probe("{name: self, inject: {http: {url: /hooks/self}}, catch: {http: {}}}")
         .file();
-    let out = exits(Command::new(CHIRP).args(["run", "-c"]).arg(&cfg.path), 2);
+    let out = exits(Command::new(&*CHIRP).args(["run", "-c"]).arg(&cfg.path), 2);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!("cannot listen on 127.0.0.1:{port}")),
@@ -124,7 +124,7 @@ fn shutdown_ends_within_the_grace_period_and_a_small_margin() {
             "{{name: stuck, interval: 100ms, deadline: 30s, publish_timeout: 30s, inject: {{http: {{url: \"http://{silent_addr}/in\"}}}}, catch: {{http: {{}}}}}}"
         ))
         .file();
-    let mut child = Command::new(CHIRP)
+    let mut child = Command::new(&*CHIRP)
         .args(["run", "-c"])
         .arg(&cfg.path)
         .stdout(Stdio::null())

@@ -52,7 +52,7 @@ fn validator() -> (boon::Schemas, boon::SchemaIndex) {
 #[test]
 fn check_json_matches_the_schema() {
     let out = exits(
-        Command::new(CHIRP)
+        Command::new(&*CHIRP)
             .args([
                 "check",
                 "-c",
@@ -140,7 +140,7 @@ fn met_objectives_pass_and_a_missed_one_fails_with_measured_vs_target() {
     ));
     // The healthy probe alone meets its objectives.
     let out = exits(
-        Command::new(CHIRP)
+        Command::new(&*CHIRP)
             .args(["check", "--count", "100", "--probe", "healthy", "-c"])
             .arg(&cfg.path),
         0,
@@ -159,7 +159,7 @@ fn met_objectives_pass_and_a_missed_one_fails_with_measured_vs_target() {
     let dir = TempDir::new("junit");
     let junit = dir.path().join("report.xml");
     exits(
-        Command::new(CHIRP)
+        Command::new(&*CHIRP)
             .args(["check", "--count", "20", "--format", "junit", "--output"])
             .arg(&junit)
             .arg("-c")
@@ -195,7 +195,7 @@ fn a_run_over_several_slices_reports_each_slice() {
         "listen: 127.0.0.1:0\nsigning_key: {KEY}\nprobes:\n  - name: loop\n    interval: 50ms\n    deadline: 1s\n    inject: {{http: {{url: /hooks/loop}}}}\n    catch: {{http: {{}}}}\n    slo:\n      delivery: {{objective: 99%}}\n      slice: 1s\n      period: 1h\n"
     ));
     let out = exits(
-        Command::new(CHIRP)
+        Command::new(&*CHIRP)
             .args(["check", "--duration", "3500ms", "--format", "json", "-c"])
             .arg(&cfg.path),
         0,
@@ -219,7 +219,7 @@ fn a_run_over_several_slices_reports_each_slice() {
     let sum: u64 = slices.iter().map(|s| s["events"].as_u64().unwrap()).sum();
     assert!(sum <= slo["totals"]["events"].as_u64().unwrap());
 
-    let out = Command::new(CHIRP)
+    let out = Command::new(&*CHIRP)
         .args(["check", "--duration", "2500ms", "-c"])
         .arg(&cfg.path)
         .output()

@@ -15,7 +15,7 @@ fn run_and_collect_logs(level: &str, url: &str) -> String {
         .connection("main", format!("nats: {{url: \"{url}\"}}"))
         .probe("{name: loop, interval: 20ms, inject: {nats: {connection: main, subject: s}}, catch: {nats: {connection: main, subject: s}}}")
         .file();
-    let mut child = Command::new(CHIRP)
+    let mut child = Command::new(&*CHIRP)
         .args(["run", "-c"])
         .arg(&cfg.path)
         .env("CHIRP_LOG", level)

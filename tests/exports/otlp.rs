@@ -528,7 +528,7 @@ async fn kafka_and_webhook_canaries_carry_their_trace_context() {
 async fn chirp_run_exports_by_environment_and_flushes_on_sigterm() {
     let rx = Receiver::start().await;
     let port = free_port();
-    let mut child = std::process::Command::new(CHIRP)
+    let mut child = std::process::Command::new(&*CHIRP)
         .args([
             "run",
             "-c",
@@ -655,7 +655,7 @@ async fn run_with_env(
             "{name: loop, interval: 20ms, inject: {http: {url: /hooks/loop}}, catch: {http: {}}}",
         )
         .file();
-    let mut cmd = std::process::Command::new(CHIRP);
+    let mut cmd = std::process::Command::new(&*CHIRP);
     cmd.args(["run", "-c"])
         .arg(&cfg.path)
         .stdout(std::process::Stdio::null())
@@ -733,7 +733,7 @@ async fn compression_follows_the_file_over_the_environment() {
         .probe("{name: loop, inject: {http: {url: /hooks/loop}}, catch: {http: {}}}")
         .file();
     let out = support::exits(
-        std::process::Command::new(CHIRP)
+        std::process::Command::new(&*CHIRP)
             .args(["validate", "-c"])
             .arg(&cfg.path)
             .env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),

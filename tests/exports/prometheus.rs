@@ -91,7 +91,7 @@ async fn prometheus_records_the_same_compliance_as_chirp() {
         ),
     )
     .unwrap();
-    let rules = Command::new(support::CHIRP)
+    let rules = Command::new(&*support::CHIRP)
         .args(["rules", "-c"])
         .arg(&cfg)
         .output()
@@ -108,7 +108,7 @@ async fn prometheus_records_the_same_compliance_as_chirp() {
     .unwrap();
 
     let _chirp = Kill(
-        Command::new(support::CHIRP)
+        Command::new(&*support::CHIRP)
             .args(["run", "-c"])
             .arg(&cfg)
             .stdout(Stdio::null())

@@ -34,7 +34,7 @@ fn generate(dir: &Path) -> serde_yaml::Value {
         ),
     )
     .unwrap();
-    let out = support::exits(Command::new(CHIRP).args(["rules", "-c"]).arg(&cfg), 0);
+    let out = support::exits(Command::new(&*CHIRP).args(["rules", "-c"]).arg(&cfg), 0);
     std::fs::write(dir.join("rules.yml"), &out.stdout).unwrap();
     serde_yaml::from_slice(&out.stdout).expect("rules are YAML")
 }
@@ -86,7 +86,7 @@ fn alert(rules: &serde_yaml::Value, burn: &str, value: &str) -> serde_yaml::Valu
 #[test]
 fn rules_for_the_shipped_configuration_pass_promtool() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/probes.yaml");
-    let out = Command::new(CHIRP)
+    let out = Command::new(&*CHIRP)
         .args(["rules", "-c", shipped])
         .output()
         .unwrap();

@@ -19,8 +19,11 @@ use std::time::Duration;
 
 pub const KEY: &str = "test-signing-key-0123456789";
 
-/// The chirp binary built for these tests.
-pub const CHIRP: &str = env!("CARGO_BIN_EXE_chirp");
+/// The chirp binary: the one built for these tests, or `CHIRP_BIN` (to run
+/// the binary's tests against another build, e.g. an older release).
+pub static CHIRP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("CHIRP_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_chirp").to_owned())
+});
 
 /// The configuration shipped at the top of the repository.
 pub const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/probes.yaml");
