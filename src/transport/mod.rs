@@ -426,6 +426,17 @@ pub async fn connect(
     Ok(out)
 }
 
+/// The connected client `name` of `map` (validation made sure it exists).
+fn named<'a, T>(map: &'a BTreeMap<String, T>, name: &str) -> Result<&'a T, SetupError> {
+    map.get(name).ok_or_else(|| {
+        SetupError::new(
+            format!("connection `{name}`"),
+            false,
+            "not connected: no probe was known to use it",
+        )
+    })
+}
+
 impl Connections {
     /// Builds the injector of a probe named `probe`.
     pub async fn inject(
@@ -437,7 +448,7 @@ impl Connections {
     ) -> Result<Arc<dyn Inject>, SetupError> {
         Ok(match config {
             InjectConfig::Nats(c) => Arc::new(nats::inject::NatsInject::new(
-                &self.nats[&c.connection],
+                named(&self.nats, &c.connection)?,
                 c,
                 publish_timeout,
             )),
@@ -448,8 +459,14 @@ impl Connections {
                 ctx,
             )?),
             InjectConfig::Kafka(c) => {
-                kafka::inject::build(&self.kafka[&c.connection], c, probe, publish_timeout, ctx)
-                    .await?
+                kafka::inject::build(
+                    named(&self.kafka, &c.connection)?,
+                    c,
+                    probe,
+                    publish_timeout,
+                    ctx,
+                )
+                .await?
             }
         })
     }
@@ -463,11 +480,11 @@ impl Connections {
     ) -> Result<Arc<dyn CatchHandle>, SetupError> {
         Ok(match config {
             CatchConfig::Nats(c) => {
-                nats::catch::start(&self.nats[&c.connection], c, sink, ctx).await?
+                nats::catch::start(named(&self.nats, &c.connection)?, c, sink, ctx).await?
             }
             CatchConfig::Http(c) => http::catch::start(c, sink, ctx),
             CatchConfig::Kafka(c) => {
-                kafka::catch::start(&self.kafka[&c.connection], c, sink, ctx).await?
+                kafka::catch::start(named(&self.kafka, &c.connection)?, c, sink, ctx).await?
             }
         })
     }
