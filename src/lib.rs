@@ -9,6 +9,8 @@
 #![forbid(unsafe_code)]
 // A panic is a crash at 3 a.m.: production code handles every error; only tests unwrap.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+// Printing macros panic on a closed pipe: output goes through `cmd::{out, err}`.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod canary;
 pub mod cmd;

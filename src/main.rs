@@ -2,6 +2,7 @@
 //! subcommand (`chirp::cmd`) and turns its [`Exit`] into the process's code.
 // A panic is a crash at 3 a.m.: production code handles every error; only tests unwrap.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 use chirp::cmd::{self, Cli, Exit, LogFormat};
 use clap::Parser;
@@ -17,7 +18,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            cmd::err(&format!("error: cannot start the async runtime: {e}\n"));
             return ExitCode::from(Exit::Usage.code());
         }
     };
@@ -30,9 +31,11 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CHIRP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // A log line that cannot be written (stderr closed) is dropped: never a panic.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -2,7 +2,7 @@
 //! every one is resolved (at most its deadline), evaluate the objectives
 //! over the run, write the report, and pass or fail.
 
-use super::{load, Common, Exit};
+use super::{err, load, out, Common, Exit};
 use crate::report::check::{CheckReport, Gates, Verdict};
 use crate::report::ProbeReport;
 use crate::runtime::{Listen, Options, Runtime};
@@ -74,18 +74,18 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
             .map(|n| format!("`{n}`"))
             .collect();
         if !unknown.is_empty() {
-            eprintln!(
-                "error: no probe named {} in {} (probes: {})",
+            err(&format!(
+                "error: no probe named {} in {} (probes: {})\n",
                 unknown.join(", "),
                 path.display(),
                 known.join(", ")
-            );
+            ));
             return Ok(Exit::Usage);
         }
         config.probes.retain(|p| args.probes.contains(&p.name));
     }
     if args.count == Some(0) {
-        eprintln!("error: --count must be at least 1");
+        err("error: --count must be at least 1\n");
         return Ok(Exit::Usage);
     }
     let opts = Options {
@@ -100,7 +100,7 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
     let mut rt = match Runtime::start(&config, opts).await {
         Ok(rt) => rt,
         Err(e) if e.is_unreachable() => {
-            eprintln!("error: {:#}", anyhow::Error::new(e));
+            err(&format!("error: {:#}\n", anyhow::Error::new(e)));
             return Ok(Exit::Unreachable);
         }
         Err(e) => return Err(anyhow::Error::new(e).context("cannot start the check")),
@@ -140,7 +140,7 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
     match &args.output {
         Some(path) => std::fs::write(path, &text)
             .with_context(|| format!("cannot write {}", path.display()))?,
-        None => print!("{text}"),
+        None => out(&text),
     }
     Ok(match report.verdict() {
         Verdict::Met => Exit::Ok,

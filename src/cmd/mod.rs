@@ -95,9 +95,22 @@ pub async fn dispatch(command: Command) -> Exit {
         Command::Check(a) => check::run(a).await,
     };
     result.unwrap_or_else(|e| {
-        eprintln!("error: {e:#}");
+        err(&format!("error: {e:#}\n"));
         Exit::Usage
     })
+}
+
+/// Writes to standard output. A closed stdout (`chirp check | head`) is
+/// not an error: the exit code still says how the run went.
+pub fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// Writes to standard error, never panicking (a closed pipe, a restarted journald).
+pub fn err(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// Loads the configuration, printing every error; `None` means exit 2.
@@ -105,7 +118,7 @@ pub fn load(path: &Path) -> Option<Config> {
     match config::load_file(path, &ProcessEnv) {
         Ok(c) => Some(c),
         Err(errors) => {
-            eprint!("{errors}");
+            err(&errors.to_string());
             None
         }
     }

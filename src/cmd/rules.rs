@@ -1,13 +1,13 @@
 //! `chirp rules`: Prometheus recording rules and burn-rate alerts for the
 //! configured SLOs (see `slo::rules`).
 
-use super::{load, Exit};
+use super::{load, out, Exit};
 use std::path::Path;
 
 pub fn run(path: &Path) -> Exit {
     match load(path) {
         Some(c) => {
-            print!("{}", crate::slo::rules::render(&c));
+            out(&crate::slo::rules::render(&c));
             Exit::Ok
         }
         None => Exit::Usage,

@@ -17,6 +17,8 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
     let Some(config) = load(path) else {
         return Ok(Exit::Usage);
     };
+    // First, so a signal during start-up is answered as later ones are.
+    let mut signals = Signals::new()?;
     let listen = args.common.listen.unwrap_or(config.listen);
     let mut rt = Runtime::start(&config, Options::run(listen))
         .await
@@ -40,15 +42,30 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
             "Probe started."
         );
     }
-    tokio::select! {
-        _ = shutdown_signal() => {}
-        why = rt.listener_failed() => {
-            rt.shutdown().await;
-            anyhow::bail!("the HTTP listener on {listen} stopped: {why}");
+    loop {
+        tokio::select! {
+            stop = signals.next() => match stop {
+                Signal::Stop => break,
+                Signal::Hangup => tracing::warn!(
+                    "SIGHUP: reloading the configuration is not supported yet; going on with the one loaded at start."
+                ),
+            },
+            why = rt.listener_failed() => {
+                rt.shutdown().await;
+                anyhow::bail!("the HTTP listener on {listen} stopped: {why}");
+            }
         }
     }
-    tracing::info!(grace = %humantime::format_duration(config.shutdown_grace), "Stopping: no new canaries; waiting for those in flight.");
-    let left = rt.drain(config.shutdown_grace).await;
+    tracing::info!(grace = %humantime::format_duration(config.shutdown_grace), "Stopping: no new canaries; waiting for those in flight (a second signal stops at once).");
+    let left = loop {
+        tokio::select! {
+            left = rt.drain(config.shutdown_grace) => break left,
+            s = signals.next() => if s == Signal::Stop {
+                tracing::warn!("Second signal: stopping at once; canaries in flight are not counted and exporters are not flushed.");
+                return Ok(Exit::Ok);
+            },
+        }
+    };
     if left > 0 {
         tracing::warn!(
             in_flight = left,
@@ -60,20 +77,36 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// SIGTERM or SIGINT.
+    Stop,
+    Hangup,
+}
+
+/// The signals `run` answers.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let listen = |k: SignalKind| signal(k).context("cannot listen for signals");
+        Ok(Signals {
+            term: listen(SignalKind::terminate())?,
+            int: listen(SignalKind::interrupt())?,
+            hup: listen(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Hangup,
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
 }

@@ -7,5 +7,6 @@ mod support;
 
 mod commands;
 mod listener;
+mod process;
 mod reports;
 mod secrets;
