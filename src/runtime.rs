@@ -126,6 +126,13 @@ impl Runtime {
             ),
         };
         let addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+        let exposed = config.demo_key_on_real_probes();
+        if !exposed.is_empty() {
+            tracing::warn!(
+                probes = %exposed.join(", "),
+                "The signing key is the public demo key: anyone can forge these probes' canaries. Set CHIRP_SIGNING_KEY (or `signing_key`) to a secret."
+            );
+        }
         let run_id: u64 = rand::random();
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();

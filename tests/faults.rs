@@ -8,6 +8,9 @@
 //! - restart: the broker (or, for HTTP, the endpoint) is killed mid-run and
 //!   started again; the schedule keeps going, the outage shows as lost or
 //!   publish_failed canaries, delivery resumes and the invariant holds;
+//! - down at start: chirp starts while the broker (or endpoint) is down; the
+//!   schedule runs from the start and every slot shows as a publish failure,
+//!   never as silence, until the broker is up and delivery begins;
 //! - garbage: random bytes, JSON without a token, forged, malformed and
 //!   foreign tokens at the sink each land in their observation.
 
@@ -170,6 +173,51 @@ async fn restart<T: Target>() {
     rt.shutdown().await;
 }
 
+async fn down_at_start<T: Target>() {
+    let port = free_port();
+    let mut t = T::start(port).await;
+    let l = t.looped("cold").await;
+    t.kill();
+    let config = conf(&t, port)
+        .probe(format!(
+            "{{name: cold, interval: 50ms, deadline: 2s, publish_timeout: 1s, inject: {}, catch: {}}}",
+            l.inject, l.catch
+        ))
+        .build();
+    // As `run` does: it starts although the broker is down.
+    let rt = support::start(&config).await;
+    let probe = support::probe(&rt, "cold");
+    // The schedule runs from the start, and the outage shows in the counts.
+    wait_for("the outage to show", Duration::from_secs(20), || {
+        let c = probe.counts();
+        assert!(c.invariant_holds(), "{c:?}");
+        c.publish_failed >= 20
+    })
+    .await;
+    let c = probe.counts();
+    assert_eq!(c.delivered, 0, "{c:?}");
+    assert!(
+        c.failed(t.outage_kind()) >= 20,
+        "{:?}: {c:?}",
+        t.outage_kind()
+    );
+    t.restart().await;
+    wait_for(
+        "deliveries once the broker is up",
+        Duration::from_secs(60),
+        || {
+            let c = probe.counts();
+            assert!(c.invariant_holds(), "{c:?}");
+            c.delivered >= 20
+        },
+    )
+    .await;
+    let mut rt = rt;
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    assert!(probe.counts().invariant_holds());
+    rt.shutdown().await;
+}
+
 async fn garbage<T: Target>() {
     let port = free_port();
     let t = T::start(port).await;
@@ -274,50 +322,78 @@ macro_rules! suite {
 }
 
 suite! {
-    nats: Nats => [relay_faults, restart, garbage];
-    kafka: Kafka => [relay_faults, restart, garbage];
-    http: Webhook => [relay_faults, restart, garbage];
+    nats: Nats => [relay_faults, restart, down_at_start, garbage];
+    kafka: Kafka => [relay_faults, restart, down_at_start, garbage];
+    http: Webhook => [relay_faults, restart, down_at_start, garbage];
 }
 
 /// The webhook receiver's own checks: unsigned and badly signed requests are
-/// refused (401) and counted as rejected; an unknown probe is 404.
+/// refused (401) and counted as rejected; an unknown probe is 404; and a
+/// valid token in the `Chirp-Token` header of a signed body without one is
+/// not a catch (the signature covers the body only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_signatures_are_checked() {
+    // An endpoint that never answers: canary 0 stays in flight.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
     let config = Conf::new()
-        .probe("{name: hook, interval: 1h, inject: {http: {url: \"http://127.0.0.1:9/never\"}}, catch: {http: {}}}")
+        .probe(format!("{{name: hook, interval: 1h, deadline: 1h, publish_timeout: 1h, inject: {{http: {{url: \"http://{silent_addr}/never\"}}}}, catch: {{http: {{}}}}}}"))
         .build();
     let rt = support::start(&config).await;
     let addr = rt.addr.expect("a listener");
+    let probe = support::probe(&rt, "hook");
+    wait_for("canary 0 in flight", Duration::from_secs(5), || {
+        probe.counts().in_flight == 1
+    })
+    .await;
     let url = format!("http://{addr}/hooks/hook");
     let signer = Signer::new(KEY.as_bytes());
     let http = reqwest::Client::new();
-    let post = |body: &'static str, sig: Option<String>| {
+    let post = |body: &'static str, sig: Option<String>, header: Option<String>| {
         let mut r = http.post(&url).body(body);
         if let Some(s) = sig {
             r = r.header("X-Chirp-Signature", s);
         }
+        if let Some(h) = header {
+            r = r.header(chirp::canary::HEADER, h);
+        }
         r.send()
     };
-    assert_eq!(post("{}", None).await.unwrap().status(), 401);
+    assert_eq!(post("{}", None, None).await.unwrap().status(), 401);
     assert_eq!(
-        post("{}", Some("sha256=00".into())).await.unwrap().status(),
-        401
-    );
-    assert_eq!(
-        post("{}", Some(format!("sha256={}", "ab".repeat(32))))
+        post("{}", Some("sha256=00".into()), None)
             .await
             .unwrap()
             .status(),
         401
     );
+    assert_eq!(
+        post("{}", Some(format!("sha256={}", "ab".repeat(32))), None)
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    // Signed, no token in the body, canary 0's valid token in the header.
+    let token = signer.encode(&Token {
+        probe: "hook".into(),
+        run_id: rt.run_id,
+        lane: 0,
+        seq: 0,
+        sent_unix_us: 1,
+    });
     let body = r#"{"hello":"world"}"#;
-    assert_eq!(
-        post(body, Some(signer.signature(body.as_bytes())))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let answer = post(body, Some(signer.signature(body.as_bytes())), Some(token))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.text().await.unwrap(), r#"{"result":"unrelated"}"#);
     let nope = http
         .post(format!("http://{addr}/hooks/nope"))
         .body("x")
@@ -325,9 +401,14 @@ async fn webhook_signatures_are_checked() {
         .await
         .unwrap();
     assert_eq!(nope.status(), 404);
-    let c = support::probe(&rt, "hook").counts();
-    assert_eq!((c.rejected, c.unrelated, c.delivered), (3, 1, 0), "{c:?}");
+    let c = probe.counts();
+    assert_eq!(
+        (c.rejected, c.unrelated, c.delivered, c.in_flight),
+        (3, 1, 0, 1),
+        "{c:?}"
+    );
     assert!(c.invariant_holds(), "{c:?}");
     rt.stop_injecting();
     rt.shutdown().await;
+    held.abort();
 }

@@ -119,6 +119,21 @@ impl std::fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+impl Config {
+    /// The probes that measure a real pipeline while the signing key is the
+    /// public demo key (anyone could forge their canaries).
+    pub fn demo_key_on_real_probes(&self) -> Vec<&str> {
+        if self.signing_key.expose() != DEMO_SIGNING_KEY {
+            return Vec::new();
+        }
+        self.probes
+            .iter()
+            .filter(|p| !crate::transport::self_test(&p.inject, &p.catch, &self.connections))
+            .map(|p| p.name.as_str())
+            .collect()
+    }
+}
+
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -126,6 +141,8 @@ pub const DEFAULT_SLICE: Duration = Duration::from_secs(60);
 pub const DEFAULT_PERIOD: Duration = Duration::from_secs(30 * 86_400);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9464";
+/// The signing key of the shipped `probes.yaml`: public, for trying chirp out.
+pub const DEMO_SIGNING_KEY: &str = "chirp-demo-key-not-secret";
 
 /// Reads and validates a configuration file.
 pub fn load_file(path: &Path, env: &dyn Env) -> Result<Config, ConfigErrors> {
@@ -477,6 +494,7 @@ fn probe(
     }
     raw.inject.validate(&at("inject"), connections, p);
     raw.catch.validate(&at("catch"), connections, p);
+    crate::transport::check_ends(&raw.inject, &raw.catch, path, p);
 
     let dp = defaults.payload.clone().unwrap_or_default();
     let rp = raw.payload.unwrap_or_default();

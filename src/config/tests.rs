@@ -335,3 +335,31 @@ probes:
         assert!(joined.contains(expected), "missing {expected:?} in\n{joined}");
     }
 }
+
+#[test]
+fn a_self_test_loop_cannot_have_its_own_webhook_secret() {
+    let text = "signing_key: ${KEY}\nprobes:\n  - name: a\n    inject: {http: {url: /hooks/a}}\n    catch: {http: {secret: other-secret-0123456789}}\n";
+    let e = errors(text);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with("probes[0].catch.http.secret: this probe posts to chirp's own listener"),
+        "{}",
+        e[0]
+    );
+    // From elsewhere, a secret of its own is fine.
+    let ok = "signing_key: ${KEY}\nprobes:\n  - name: a\n    inject: {http: {url: 'https://pipeline.example/in'}}\n    catch: {http: {secret: other-secret-0123456789}}\n";
+    assert!(load_str(ok, &env()).is_ok());
+}
+
+#[test]
+fn the_demo_key_is_named_only_on_probes_of_a_real_pipeline() {
+    let text = |key: &str| {
+        format!(
+            "signing_key: {key}\nconnections:\n  e: {{kafka: {{brokers: embedded}}}}\n  n: {{nats: {{url: 'nats://127.0.0.1:4222'}}}}\nprobes:\n  - {{name: self, inject: {{http: {{url: /hooks/self}}}}, catch: {{http: {{}}}}}}\n  - {{name: k, inject: {{kafka: {{connection: e, topic: t}}}}, catch: {{kafka: {{connection: e, topic: t}}}}}}\n  - {{name: orders, inject: {{nats: {{connection: n, subject: a}}}}, catch: {{nats: {{connection: n, subject: b}}}}}}\n"
+        )
+    };
+    let demo = load_str(&text(DEMO_SIGNING_KEY), &env()).unwrap();
+    assert_eq!(demo.demo_key_on_real_probes(), ["orders"]);
+    let own = load_str(&text("a-long-enough-signing-key"), &env()).unwrap();
+    assert!(own.demo_key_on_real_probes().is_empty());
+}

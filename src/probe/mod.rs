@@ -17,6 +17,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// How long a probe waits for its catch side before its schedule starts anyway.
+const READY_WAIT: Duration = Duration::from_secs(2);
+
 /// One sequence of canaries with its own ledger: the whole probe, or one
 /// Kafka partition in per-partition mode.
 #[derive(Debug)]
@@ -230,8 +233,17 @@ impl Probe {
         else {
             return;
         };
-        if !catch.ready(&stop).await {
-            return;
+        // Wait a moment for the catch side to be confirmed listening, so the
+        // first canaries are not missed by a subscription on its way; but an
+        // unreachable broker must not keep the schedule from starting: its
+        // slots show as publish failures, never as silence.
+        match tokio::time::timeout(READY_WAIT, catch.ready(&stop)).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(_) => tracing::warn!(
+                probe = %self.name(),
+                "The catch side is not confirmed listening yet; starting the schedule anyway."
+            ),
         }
         let start = Instant::now() + phase;
         for lane in self.lanes() {
@@ -268,6 +280,9 @@ impl Probe {
                     _ = stop.cancelled() => break,
                     r = rx.changed() => match r {
                         Ok(()) => {
+                            // The first partitions: give the catch side a
+                            // moment to read them too before canaries go out.
+                            let _ = tokio::time::timeout(READY_WAIT, catch.ready(&stop)).await;
                             sync_lanes(rx);
                             continue;
                         }

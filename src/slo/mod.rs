@@ -168,6 +168,17 @@ impl SloTracker {
         Some(t)
     }
 
+    /// Follows the wall clock: after a step (NTP, a resumed VM) slice
+    /// boundaries and buckets move with it rather than stay where the clock
+    /// was at start. `wall_now` is the wall clock at `now`.
+    pub fn resync(&mut self, now: Instant, wall_now: SystemTime) {
+        self.wall0_us = wall_now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        self.inst0 = now;
+    }
+
     fn wall_s(&self, now: Instant) -> u64 {
         (self.wall0_us + now.saturating_duration_since(self.inst0).as_micros() as u64) / 1_000_000
     }
@@ -336,16 +347,16 @@ impl SloObserver {
     }
 
     pub fn state(&self, now: Instant) -> SloState {
-        self.tracker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .state(now)
+        let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        t.resync(Instant::now(), SystemTime::now());
+        t.state(now)
     }
 }
 
 impl Observer for SloObserver {
     fn observe(&self, _lane: LaneId, events: &[LedgerEvent]) {
         let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        t.resync(Instant::now(), SystemTime::now());
         for e in events {
             if let LedgerEvent::Resolved { resolution, at, .. } = e {
                 let outcome = match resolution {

@@ -142,3 +142,25 @@ async fn memory_for_a_30_day_period_is_small() {
     assert!(bytes < 64 * 1024, "{bytes} bytes");
     assert_eq!(t.hours.len(), 720);
 }
+
+#[tokio::test(start_paused = true)]
+async fn slices_follow_a_step_of_the_wall_clock() {
+    let mut t = tracker();
+    let wall0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000 / 3600 * 3600);
+    t.record(Instant::now(), Resolved::Delivered(MS));
+    advance(30 * 1000 * MS).await;
+    // NTP steps the clock one hour forward, half a minute in.
+    t.resync(Instant::now(), wall0 + Duration::from_secs(3600 + 30));
+    t.record(Instant::now(), Resolved::Delivered(MS));
+    advance(MIN).await;
+    let s = t.state(Instant::now());
+    // The first slice closed, the hour in between had no data, and the slice
+    // now being filled starts on the stepped clock's minute.
+    assert_eq!(s.totals.slices_good, 2, "{:?}", s.totals);
+    assert_eq!(s.totals.slices_no_data, 59, "{:?}", s.totals);
+    let last = s.recent_slices.last().unwrap();
+    assert_eq!(
+        last.start_unix,
+        wall0.duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600
+    );
+}

@@ -217,6 +217,35 @@ impl CatchConfig {
     }
 }
 
+/// Checks that need both ends of a probe.
+pub fn check_ends(inject: &InjectConfig, catch: &CatchConfig, path: &str, p: &mut Problems) {
+    if let (InjectConfig::Http(i), CatchConfig::Http(c)) = (inject, catch) {
+        if i.url.expose().starts_with('/') && c.secret.is_some() {
+            p.add(
+                format!("{path}.catch.http.secret"),
+                "this probe posts to chirp's own listener, signed with `signing_key`: a different `secret` would reject every canary; remove it",
+            );
+        }
+    }
+}
+
+/// Whether a probe measures only chirp itself: the self-test loop through
+/// chirp's own listener, or Kafka through the embedded test cluster.
+pub fn self_test(
+    inject: &InjectConfig,
+    catch: &CatchConfig,
+    conns: &BTreeMap<String, ConnectionConfig>,
+) -> bool {
+    let embedded = |name: &str| matches!(conns.get(name), Some(ConnectionConfig::Kafka(k)) if k.brokers == kafka::config::Brokers::Embedded);
+    match (inject, catch) {
+        (InjectConfig::Http(_), CatchConfig::Http(_)) => inject.needs_listener(),
+        (InjectConfig::Kafka(i), CatchConfig::Kafka(c)) => {
+            embedded(&i.connection) && embedded(&c.connection)
+        }
+        _ => false,
+    }
+}
+
 /// The named connection exists and is of the end's transport.
 fn check_connection(
     end: &End,

@@ -377,3 +377,26 @@ fn the_shipped_examples_are_valid_once_uncommented() {
     );
     assert!(c.otlp.is_some());
 }
+
+#[test]
+fn the_public_demo_key_is_called_out_on_a_real_pipeline() {
+    let shipped = exits(
+        Command::new(&*CHIRP).args(["check", "--count", "2", "-c", SHIPPED]),
+        0,
+    );
+    assert!(!String::from_utf8_lossy(&shipped.stderr).contains("public demo key"));
+    let refused = format!("http://127.0.0.1:{}/in", free_port());
+    let cfg = config_file(&format!(
+        "signing_key: chirp-demo-key-not-secret\nlisten: 127.0.0.1:0\nprobes:\n  - {{name: orders, inject: {{http: {{url: \"{refused}\"}}}}, catch: {{http: {{}}}}}}\n"
+    ));
+    let out = Command::new(&*CHIRP)
+        .args(["check", "--count", "1", "-c"])
+        .arg(&cfg.path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("The signing key is the public demo key") && err.contains("orders"),
+        "{err}"
+    );
+}

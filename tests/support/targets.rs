@@ -8,6 +8,7 @@ use super::{free_port, KEY};
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use chirp::canary::{Signer, HEADER};
+use chirp::outcome::FailureKind;
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -158,6 +159,8 @@ pub trait Target: Sized {
     fn reports_down(&self) -> bool;
     /// How far above an injected delay a measured latency may sit here.
     fn tolerance(&self) -> Duration;
+    /// How a publish fails while the broker (or endpoint) is down.
+    fn outage_kind(&self) -> FailureKind;
 }
 
 // ---------------------------------------------------------------- NATS
@@ -254,6 +257,10 @@ impl Target for Nats {
     fn tolerance(&self) -> Duration {
         // Scheduling, loopback and two NATS hops on a busy 2-core machine.
         Duration::from_millis(25)
+    }
+
+    fn outage_kind(&self) -> FailureKind {
+        FailureKind::Unavailable
     }
 }
 
@@ -404,6 +411,11 @@ impl Target for Kafka {
         // Two produce/fetch round trips through tansu.
         Duration::from_millis(60)
     }
+
+    fn outage_kind(&self) -> FailureKind {
+        // librdkafka queues the record until its message timeout.
+        FailureKind::Timeout
+    }
 }
 
 // ---------------------------------------------------------------- HTTP
@@ -545,5 +557,9 @@ impl Target for Webhook {
 
     fn tolerance(&self) -> Duration {
         Duration::from_millis(25)
+    }
+
+    fn outage_kind(&self) -> FailureKind {
+        FailureKind::Unavailable
     }
 }

@@ -1,7 +1,8 @@
 //! chirp's webhook receiver, `POST /hooks/{probe}` (or PUT): verifies the
-//! HMAC signature of the body, hands the canary to the probe, and answers
-//! 2xx only after recording it. Unsigned or badly signed requests get 401 and
-//! count as `rejected`.
+//! HMAC signature of the body, hands the canary (its token found in the
+//! signed body, never in a header) to the probe, and answers 2xx only after
+//! recording it. Unsigned or badly signed requests get 401 and count as
+//! `rejected`.
 
 use super::config::CatchConfig;
 use crate::canary::{self, Signer};
@@ -107,10 +108,14 @@ async fn hook(
         let text = format!("missing or bad {} signature", hook.signature_header);
         return answer(StatusCode::UNAUTHORIZED, "error", &text);
     }
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // The signature covers the body only, so the token is taken from the
+    // body: a `Chirp-Token` header could be set by anyone on the way.
+    let traceparent = headers
+        .get(canary::TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
     let verdict = hook.sink.on_message(Caught {
-        token: get(canary::HEADER),
-        traceparent: get(canary::TRACEPARENT),
+        token: None,
+        traceparent,
         body: &body,
         at,
     });

@@ -151,6 +151,16 @@ fn assign_new(
     Ok(added)
 }
 
+/// Until the topic could be read once, it is read again every second (the
+/// probe's schedule may be waiting on it); afterwards every [`REFRESH`].
+fn refresh_period(state: &CatchState) -> Duration {
+    if *state.assigned.borrow() {
+        REFRESH
+    } else {
+        Duration::from_secs(1)
+    }
+}
+
 /// Hands every record to the probe until `stop`. Partitions added to the
 /// topic are picked up every [`REFRESH`].
 async fn catch_loop(
@@ -161,14 +171,14 @@ async fn catch_loop(
     sink: Arc<dyn CatchSink>,
     stop: CancellationToken,
 ) {
-    let mut refresh = tokio::time::interval_at(Instant::now() + REFRESH, REFRESH);
-    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error: Option<Instant> = None;
+    let mut next_refresh = Instant::now() + refresh_period(&state);
     loop {
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            _ = refresh.tick() => {
+            _ = tokio::time::sleep_until(next_refresh) => {
+                next_refresh = Instant::now() + refresh_period(&state);
                 // A metadata read blocks up to 5 s: it must not hold up stopping.
                 let assigned = tokio::select! {
                     _ = stop.cancelled() => break,

@@ -117,8 +117,14 @@ pub async fn build(
                 inject.add_lanes(ps);
             }
             Err(e) if ctx.fail_fast => return Err(e.setup(what())),
+            Err(e) if super::answered(&e) => {
+                tracing::warn!(probe = %probe, error = %crate::transport::chain(&e), "The inject topic does not exist (yet); retrying.")
+            }
             Err(e) => {
-                tracing::warn!(probe = %probe, error = %crate::transport::chain(&e), "Cannot read the inject topic's partitions yet; retrying.")
+                // The brokers do not answer. Every topic has a partition 0:
+                // its canaries show the outage until the others are known.
+                tracing::warn!(probe = %probe, error = %crate::transport::chain(&e), "Cannot read the inject topic's partitions; sending to partition 0 and retrying.");
+                inject.add_lanes(vec![0]);
             }
         }
         ctx.tasks.spawn(watch_partitions(

@@ -282,19 +282,25 @@ impl Connected {
 /// Whether a metadata read reached the brokers (a missing topic is an
 /// answer; a failed request is not).
 fn brokers_answered(r: &Result<Vec<i32>, KafkaSetupError>) -> bool {
-    match r {
-        Ok(_) | Err(KafkaSetupError::NoTopic(_)) => true,
-        Err(KafkaSetupError::Metadata {
+    r.as_ref().err().is_none_or(answered)
+}
+
+/// Whether this failed metadata read still reached the brokers (a missing
+/// topic is an answer; a failed request is not).
+fn answered(e: &KafkaSetupError) -> bool {
+    match e {
+        KafkaSetupError::NoTopic(_) => true,
+        KafkaSetupError::Metadata {
             source: KafkaError::MetadataFetch(code),
             ..
-        }) => matches!(
+        } => matches!(
             code,
             RDKafkaErrorCode::UnknownTopicOrPartition
                 | RDKafkaErrorCode::UnknownTopic
                 | RDKafkaErrorCode::TopicAuthorizationFailed
                 | RDKafkaErrorCode::LeaderNotAvailable
         ),
-        Err(_) => false,
+        _ => false,
     }
 }
 

@@ -30,6 +30,14 @@ impl NatsInject {
 #[async_trait::async_trait]
 impl Inject for NatsInject {
     async fn send(&self, msg: Outgoing) -> Result<Confirm, PublishError> {
+        // The client would buffer it until it reconnects: the broker is
+        // unreachable now, and that is what this slot shows.
+        if !is_connected(&self.client) {
+            return Err(PublishError::new(
+                FailureKind::Unavailable,
+                "not connected to NATS",
+            ));
+        }
         let mut headers = HeaderMap::new();
         for (k, v) in &self.headers {
             headers.insert(k.as_str(), v.as_str());
