@@ -29,8 +29,15 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CHIRP_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("CHIRP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // At trace level the NATS client prints every message's headers, and a
+    // configured header may carry a secret: its lines stop at debug.
+    if filter.max_level_hint() == Some(tracing::level_filters::LevelFilter::TRACE) {
+        if let Ok(cap) = "async_nats=debug".parse() {
+            filter = filter.add_directive(cap);
+        }
+    }
     // A log line that cannot be written (stderr closed) is dropped: never a panic.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -261,10 +261,13 @@ fn the_check_sees_a_violation() {
     assert!(refs.contains("transport::probe::Probe::new"), "{refs:?}");
     assert!(!refs.iter().any(|r| r.starts_with("cmd")), "{refs:?}");
     let grouped = references(
-        "use crate::{outcome::Counts, slo::SloObserver};",
+        "use crate::{outcome::{Counts, Stray}, slo::SloObserver};\nlet u = \"http://x\"; use crate::export::E;",
         "probe::ledger",
     );
     assert!(grouped.contains("slo::SloObserver"), "{grouped:?}");
+    assert!(grouped.contains("outcome::Stray"), "{grouped:?}");
+    let code = production("let u = \"http://x\"; use crate::export::E;");
+    assert!(references(&code, "probe").contains("export::E"), "{code}");
     let (own, rank) = unit("probe::ledger").unwrap();
     let (other, other_rank) = unit("slo::SloObserver").unwrap();
     assert!(

@@ -7,13 +7,15 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "Hunter2-xyzzy-0451";
+/// A configured header value: it may carry a credential too.
+const HEADER_SECRET: &str = "Bearer-S3cr3t-header-77";
 
 fn run_and_collect_logs(level: &str, url: &str) -> String {
     let port = free_port();
     let cfg = Conf::new()
         .listen(format!("127.0.0.1:{port}"))
         .connection("main", format!("nats: {{url: \"{url}\"}}"))
-        .probe("{name: loop, interval: 20ms, inject: {nats: {connection: main, subject: s}}, catch: {nats: {connection: main, subject: s}}}")
+        .probe(format!("{{name: loop, interval: 20ms, inject: {{nats: {{connection: main, subject: s, headers: {{x-auth: {HEADER_SECRET}}}}}}}, catch: {{nats: {{connection: main, subject: s}}}}}}"))
         .file();
     let mut child = Command::new(&*CHIRP)
         .args(["run", "-c"])
@@ -64,6 +66,10 @@ fn nats_url_credentials_work_and_never_reach_the_logs() {
         assert!(
             !logs.contains(PASSWORD),
             "the password leaked at {level}:\n{logs}"
+        );
+        assert!(
+            !logs.contains(HEADER_SECRET),
+            "a header value leaked at {level}:\n{logs}"
         );
     }
     // Percent-encoded in the URL: neither form may appear.

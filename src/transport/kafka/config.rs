@@ -93,8 +93,9 @@ pub struct InjectConfig {
     /// `all` (default), `1` or `0`.
     #[serde(default = "default_acks")]
     pub acks: String,
+    /// Extra record headers; values are secret (they may carry credentials).
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Secret>,
 }
 
 fn default_acks() -> String {

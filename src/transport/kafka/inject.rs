@@ -99,7 +99,11 @@ pub async fn build(
         producer: RwLock::new(producer),
         recipe,
         topic: cfg.topic.clone(),
-        headers: cfg.headers.clone().into_iter().collect(),
+        headers: cfg
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+            .collect(),
         health: Arc::clone(&conn.health),
         timeouts: Arc::new(AtomicU64::new(0)),
         last_rebuild: Mutex::new(Instant::now()),

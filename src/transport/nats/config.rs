@@ -27,9 +27,9 @@ pub struct ConnectionConfig {
 pub struct InjectConfig {
     pub connection: String,
     pub subject: String,
-    /// Extra headers on every canary.
+    /// Extra headers on every canary; values are secret (they may carry credentials).
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

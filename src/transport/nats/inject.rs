@@ -21,7 +21,11 @@ impl NatsInject {
         NatsInject {
             client: conn.client.clone(),
             subject: cfg.subject.clone(),
-            headers: cfg.headers.clone().into_iter().collect(),
+            headers: cfg
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+                .collect(),
             timeout,
         }
     }

@@ -64,7 +64,17 @@ pub fn parse_urls(list: &str) -> Result<(Vec<ServerAddr>, Option<UrlAuth>), UrlE
             format!("nats://{part}")
         };
         let mut url = url::Url::parse(&text).map_err(|_| bad())?;
-        if !matches!(url.scheme(), "nats" | "tls" | "ws" | "wss") || url.host_str().is_none() {
+        // A server URL has no query or fragment, and a path only over
+        // websockets (`nats//u:pw@h`, a typo, would be host `nats` with the
+        // password in its path).
+        let websocket = matches!(url.scheme(), "ws" | "wss");
+        let path_ok = matches!(url.path(), "" | "/") || (websocket && !url.path().contains('@'));
+        if !matches!(url.scheme(), "nats" | "tls" | "ws" | "wss")
+            || url.host_str().is_none()
+            || url.query().is_some()
+            || url.fragment().is_some()
+            || !path_ok
+        {
             return Err(bad());
         }
         let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();

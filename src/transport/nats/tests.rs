@@ -31,6 +31,9 @@ fn bad_urls_are_errors_that_never_quote_credentials() {
         "http://u:hunter2@x:4222",
         "nats://u:hunter2@",
         "nats://u:hunter2@a,nats://v:other@b",
+        "nats://u:hunt#er2@x:4222",
+        "nats://u:hunt/er2@x:4222",
+        "nats//u:hunter2@x:4222",
     ] {
         let e = parse_urls(bad).unwrap_err().to_string();
         assert!(!e.contains("hunter2") && !e.contains("er2@"), "{e}");
