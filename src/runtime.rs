@@ -7,6 +7,7 @@
 use crate::canary::Signer;
 use crate::config::limits::SHUTDOWN_MARGIN;
 use crate::config::Config;
+use crate::export::catalogue::Sources;
 use crate::export::otlp::{ExportSetupError, Telemetry};
 use crate::outcome::Observer;
 use crate::probe::Probe;
@@ -185,22 +186,19 @@ impl Runtime {
             probe.attach(inject, catch);
             probes.push(Watched { probe, slo });
         }
-        let otlp_status = match &mut telemetry {
-            Some(t) => {
-                t.observe(probes.clone());
-                t.status.clone()
-            }
-            None => Vec::new(),
+        let mut sources = Sources {
+            probes: probes.clone(),
+            otlp: Vec::new(),
+            links: connections.links(),
         };
+        if let Some(t) = &mut telemetry {
+            t.observe(sources.clone());
+            sources.otlp = t.status.clone();
+        }
 
         let server_stop = CancellationToken::new();
         let server = listener.map(|listener| {
-            let state = AppState::new(
-                config.environment.clone(),
-                config.prometheus,
-                probes.clone(),
-                otlp_status,
-            );
+            let state = AppState::new(config.environment.clone(), config.prometheus, sources);
             let app = server::router(state, transport::http::router(Arc::clone(&ctx.hooks)));
             let stop = server_stop.clone();
             tokio::spawn(async move {
@@ -306,19 +304,31 @@ impl Runtime {
         let started = Instant::now();
         let give_up = started + SHUTDOWN_MARGIN;
         self.inject_stop.cancel();
-        self.abort.cancel();
         self.stop.cancel();
         self.server_stop.cancel();
         self.tasks.close();
-        let stopped = tokio::time::timeout_at(started + SHUTDOWN_MARGIN / 2, async {
+        // Confirmations still on their way may finish (their publish latency
+        // counts); past half the margin they are given up.
+        let mut stopped = tokio::time::timeout_at(started + SHUTDOWN_MARGIN / 2, async {
             self.injection_done().await;
             self.tasks.wait().await;
-            if let Some(s) = self.server.as_mut() {
-                let _ = s.await;
-            }
         })
-        .await;
-        if stopped.is_err() {
+        .await
+        .is_ok();
+        if !stopped {
+            self.abort.cancel();
+            let quick = started + SHUTDOWN_MARGIN / 2 + Duration::from_millis(200);
+            stopped = tokio::time::timeout_at(quick, async {
+                self.injection_done().await;
+                self.tasks.wait().await;
+            })
+            .await
+            .is_ok();
+        }
+        if let Some(s) = self.server.as_mut() {
+            stopped &= tokio::time::timeout_at(give_up, s).await.is_ok();
+        }
+        if !stopped {
             tracing::warn!(
                 left = self.tasks.len(),
                 "Some tasks did not stop within {}; going on without them.",

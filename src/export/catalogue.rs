@@ -3,10 +3,14 @@
 //! snapshot. Both exporters walk this table, and a test compares it with
 //! `docs/metrics.md`, so the two exports and the reference cannot drift apart.
 
+use super::otlp::SignalStatus;
 use crate::outcome::{Counts, FailureKind, LaneId};
 use crate::report::Watched;
 use crate::slo::{SliState, SloState};
 use crate::stats::{Buckets, Summary};
+use crate::transport::LinkStatus;
+use std::borrow::Cow;
+use std::sync::Arc;
 use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,16 +42,18 @@ pub enum Group {
     Latency,
     Slo,
     Probe,
+    Transport,
     Export,
 }
 
 impl Group {
-    pub const ALL: [Group; 6] = [
+    pub const ALL: [Group; 7] = [
         Group::Outcomes,
         Group::Observations,
         Group::Latency,
         Group::Slo,
         Group::Probe,
+        Group::Transport,
         Group::Export,
     ];
 
@@ -58,6 +64,7 @@ impl Group {
             Group::Latency => "latency",
             Group::Slo => "slo",
             Group::Probe => "probe",
+            Group::Transport => "transport",
             Group::Export => "export",
         }
     }
@@ -98,6 +105,8 @@ pub enum Read {
     Exports {
         failures: bool,
     },
+    /// Client connections lost, by named connection and role.
+    Reconnects,
 }
 
 pub struct Metric {
@@ -207,6 +216,8 @@ pub const CATALOGUE: &[Metric] = &[
         "Configured deadline after which an uncaught canary is lost."),
     metric!(Probe, "chirp_build_info", None, Info, "", &[("version", "service.version")], Read::Build,
         "chirp's version (in OTLP, the resource attribute service.version)."),
+    metric!(Transport, "chirp_transport_reconnects_total", Some("chirp.transport.reconnects"), Counter, "{reconnect}", &[("connection", "connection"), ("role", "role")], Read::Reconnects,
+        "Times a client connection was lost (chirp reconnects, or is reconnecting), by named connection and role: NATS has a client for injects and one for catches; a Kafka connection counts as one client."),
     metric!(Export, "chirp_otlp_exports_total", Some("chirp.otlp.exports"), Counter, "{export}", &[("signal", "signal")], Read::Exports { failures: false },
         "OTLP export attempts, by signal (metrics, traces); only while OTLP export is on."),
     metric!(Export, "chirp_otlp_export_failures_total", Some("chirp.otlp.export.failures"), Counter, "{export}", &[("signal", "signal")], Read::Exports { failures: true },
@@ -246,13 +257,24 @@ pub struct Rows {
     pub slos: Vec<SloRow>,
     /// (signal, exports, failures).
     pub exports: Vec<(&'static str, u64, u64)>,
+    /// (connection, role, times lost).
+    pub links: Vec<(String, &'static str, u64)>,
+}
+
+/// Everything the exporters read: the probes (with their SLO engines), the
+/// OTLP exporters' counts and the client connections' records.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    pub probes: Vec<Watched>,
+    pub otlp: Vec<Arc<SignalStatus>>,
+    pub links: Vec<Arc<LinkStatus>>,
 }
 
 impl Rows {
-    /// Reads every probe.
-    pub fn read(probes: &[Watched], now: Instant) -> Rows {
+    /// Reads every source.
+    pub fn read(src: &Sources, now: Instant) -> Rows {
         let mut rows = Rows::default();
-        for (i, w) in probes.iter().enumerate() {
+        for (i, w) in src.probes.iter().enumerate() {
             let p = &w.probe;
             let up = p.is_up();
             if let Some(slo) = &w.slo {
@@ -279,6 +301,19 @@ impl Rows {
                 });
             }
         }
+        rows.exports = src
+            .otlp
+            .iter()
+            .map(|s| {
+                let (exports, failures) = s.counts();
+                (s.signal, exports, failures)
+            })
+            .collect();
+        rows.links = src
+            .links
+            .iter()
+            .map(|l| (l.connection.clone(), l.role, l.reconnects()))
+            .collect();
         rows
     }
 }
@@ -286,7 +321,7 @@ impl Rows {
 /// One value of a metric: extra label values (in the order of
 /// `Metric::labels`), the lane or probe it belongs to, and the number.
 pub struct Sample {
-    pub labels: Vec<&'static str>,
+    pub labels: Vec<Cow<'static, str>>,
     /// The lane row (lane metrics) or, with `lane: None`, the probe index (SLO metrics).
     pub probe: Option<usize>,
     pub lane: Option<(LaneId, bool)>,
@@ -302,13 +337,13 @@ impl Metric {
     /// The metric's samples in `rows` (histograms and the build info have none here).
     pub fn samples(&self, rows: &Rows) -> Vec<Sample> {
         let lane = |r: &LaneRow, labels: Vec<&'static str>, value| Sample {
-            labels,
+            labels: labels.into_iter().map(Cow::Borrowed).collect(),
             probe: Some(r.probe),
             lane: Some((r.lane, r.per_partition)),
             value,
         };
         let slo = |s: &SloRow, labels: Vec<&'static str>, value| Sample {
-            labels,
+            labels: labels.into_iter().map(Cow::Borrowed).collect(),
             probe: Some(s.probe),
             lane: None,
             value,
@@ -383,10 +418,20 @@ impl Metric {
                 for (signal, exports, failed) in &rows.exports {
                     let v = if failures { *failed } else { *exports };
                     out.push(Sample {
-                        labels: vec![signal],
+                        labels: vec![Cow::Borrowed(*signal)],
                         probe: None,
                         lane: None,
                         value: Value::Int(v),
+                    });
+                }
+            }
+            Read::Reconnects => {
+                for (connection, role, n) in &rows.links {
+                    out.push(Sample {
+                        labels: vec![Cow::Owned(connection.clone()), Cow::Borrowed(*role)],
+                        probe: None,
+                        lane: None,
+                        value: Value::Int(*n),
                     });
                 }
             }

@@ -3,31 +3,27 @@
 //! consistent snapshot and `sent = delivered + lost + publish_failed +
 //! in_flight` holds in every scrape.
 
-use super::catalogue::{Kind, Measure, Read, Rows, Sample, Value, CATALOGUE};
-use super::otlp::SignalStatus;
-use crate::report::Watched;
+use super::catalogue::{Kind, Measure, Read, Rows, Sample, Sources, Value, CATALOGUE};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::fmt::Error;
-use std::sync::Arc;
 use tokio::time::Instant;
 
 type Labels = Vec<(&'static str, String)>;
 
 #[derive(Debug)]
 struct Exposition {
-    probes: Vec<Watched>,
+    src: Sources,
     /// `probe`, `environment`, `inject`, `catch`, per probe.
     labels: Vec<Labels>,
-    /// OTLP export status per signal (empty when not exporting).
-    otlp: Vec<Arc<SignalStatus>>,
 }
 
 /// The registry behind `/metrics`.
-pub fn registry(environment: &str, probes: Vec<Watched>, otlp: Vec<Arc<SignalStatus>>) -> Registry {
-    let labels = probes
+pub fn registry(environment: &str, src: Sources) -> Registry {
+    let labels = src
+        .probes
         .iter()
         .map(|w| {
             let c = &w.probe.config;
@@ -40,11 +36,7 @@ pub fn registry(environment: &str, probes: Vec<Watched>, otlp: Vec<Arc<SignalSta
         })
         .collect();
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Exposition {
-        probes,
-        labels,
-        otlp,
-    }));
+    registry.register_collector(Box::new(Exposition { src, labels }));
     registry
 }
 
@@ -69,7 +61,7 @@ impl Exposition {
             extra
                 .iter()
                 .zip(&s.labels)
-                .map(|((k, _), v)| (*k, (*v).to_owned())),
+                .map(|((k, _), v)| (*k, v.to_string())),
         );
         l
     }
@@ -77,15 +69,7 @@ impl Exposition {
 
 impl Collector for Exposition {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), Error> {
-        let mut rows = Rows::read(&self.probes, Instant::now());
-        rows.exports = self
-            .otlp
-            .iter()
-            .map(|s| {
-                let (exports, failures) = s.counts();
-                (s.signal, exports, failures)
-            })
-            .collect();
+        let rows = Rows::read(&self.src, Instant::now());
         for m in CATALOGUE {
             // prometheus-client appends the `_total` and `_info` suffixes itself.
             let name = m

@@ -4,6 +4,7 @@
 //! serving": broker state is reported per probe (`chirp_probe_up`,
 //! `/api/probes`), never by taking chirp out of its Service.
 
+use crate::export::catalogue::Sources;
 use crate::export::prometheus;
 use crate::report::{self, Watched};
 use axum::extract::State;
@@ -24,14 +25,10 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// `otlp` is the OTLP exporters' status, when exporting.
-    pub fn new(
-        environment: String,
-        prometheus: bool,
-        probes: Vec<Watched>,
-        otlp: Vec<Arc<crate::export::otlp::SignalStatus>>,
-    ) -> Arc<Self> {
-        let registry = prometheus.then(|| prometheus::registry(&environment, probes.clone(), otlp));
+    /// `src` is what `/metrics` exports; its probes are also the API's and the status page's.
+    pub fn new(environment: String, prometheus: bool, src: Sources) -> Arc<Self> {
+        let probes = src.probes.clone();
+        let registry = prometheus.then(|| prometheus::registry(&environment, src));
         Arc::new(AppState {
             environment,
             probes,

@@ -416,11 +416,52 @@ pub struct Context {
     pub hooks: Arc<http::Hooks>,
 }
 
+/// One client connection's record, exported as
+/// `chirp_transport_reconnects_total{connection, role}`.
+#[derive(Debug)]
+pub struct LinkStatus {
+    /// The named connection.
+    pub connection: String,
+    /// `inject` or `catch` where they have their own client; `client` where
+    /// one client serves both (Kafka's shared broker state).
+    pub role: &'static str,
+    reconnects: std::sync::atomic::AtomicU64,
+}
+
+impl LinkStatus {
+    pub fn new(connection: &str, role: &'static str) -> Arc<LinkStatus> {
+        Arc::new(LinkStatus {
+            connection: connection.to_owned(),
+            role,
+            reconnects: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// The connection was lost (chirp reconnects, or is reconnecting).
+    pub fn lost(&self) {
+        self.reconnects
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Times the connection was lost so far.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Which ends of probes use a named connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Roles {
+    pub inject: bool,
+    pub catch: bool,
+}
+
 /// The connected named clients.
 #[derive(Default)]
 pub struct Connections {
     nats: BTreeMap<String, nats::Connected>,
     kafka: BTreeMap<String, kafka::Connected>,
+    links: Vec<Arc<LinkStatus>>,
 }
 
 /// Connects every named connection a probe uses. `ends` are the probes'
@@ -432,10 +473,15 @@ pub async fn connect(
 ) -> Result<Connections, SetupError> {
     let mut out = Connections::default();
     for (name, config) in configs {
+        let named = |e: &End| e.connection.as_deref() == Some(name);
+        let roles = Roles {
+            inject: ends.iter().any(|(i, _)| named(&i.end())),
+            catch: ends.iter().any(|(_, c)| named(&c.end(""))),
+        };
         let destinations: Vec<String> = ends
             .iter()
             .flat_map(|(i, c)| [i.end(), c.end("")])
-            .filter(|e| e.connection.as_deref() == Some(name))
+            .filter(|e| named(e))
             .filter_map(|e| e.destination)
             .collect();
         if destinations.is_empty() {
@@ -443,12 +489,14 @@ pub async fn connect(
         }
         match config {
             ConnectionConfig::Nats(c) => {
-                out.nats
-                    .insert(name.clone(), nats::connect(name, c, ctx).await?);
+                let conn = nats::connect(name, c, roles, ctx).await?;
+                out.links.extend(conn.links());
+                out.nats.insert(name.clone(), conn);
             }
             ConnectionConfig::Kafka(c) => {
-                out.kafka
-                    .insert(name.clone(), kafka::connect(name, c, destinations)?);
+                let conn = kafka::connect(name, c, destinations)?;
+                out.links.push(conn.link());
+                out.kafka.insert(name.clone(), conn);
             }
         }
     }
@@ -480,7 +528,7 @@ impl Connections {
                 named(&self.nats, &c.connection)?,
                 c,
                 publish_timeout,
-            )),
+            )?),
             InjectConfig::Http(c) => Arc::new(http::inject::HttpInject::new(
                 c,
                 probe,
@@ -516,6 +564,11 @@ impl Connections {
                 kafka::catch::start(named(&self.kafka, &c.connection)?, c, sink, ctx).await?
             }
         })
+    }
+
+    /// Every client connection's record.
+    pub fn links(&self) -> Vec<Arc<LinkStatus>> {
+        self.links.clone()
     }
 
     /// Closes the clients (after every task using them has stopped).

@@ -51,7 +51,9 @@ async fn every_metric_of_the_catalogue_is_exported_both_ways() {
     let rx = Receiver::start().await;
     let config = support::Conf::new()
         .top(&format!("export: {{otlp: {{endpoint: 'http://{}', interval: 1s}}}}", rx.grpc))
+        .connection("k", "kafka: {brokers: embedded}")
         .probe("{name: loop, interval: 20ms, inject: {http: {url: /hooks/loop}}, catch: {http: {}}, slo: {latency: {threshold: 1s, objective: 99%}, delivery: {objective: 99%}}}")
+        .probe("{name: k, interval: 20ms, inject: {kafka: {connection: k, topic: t}}, catch: {kafka: {connection: k, topic: t}}}")
         .build();
     let mut rt = support::start_counted(&config, 50).await;
     rt.injection_done().await;

@@ -161,6 +161,11 @@ pub trait Target: Sized {
     fn tolerance(&self) -> Duration;
     /// How a publish fails while the broker (or endpoint) is down.
     fn outage_kind(&self) -> FailureKind;
+    /// Whether the catch side reads a token from the `Chirp-Token` header
+    /// (the webhook receiver does not: the header is not signed).
+    fn header_tokens(&self) -> bool {
+        true
+    }
 }
 
 // ---------------------------------------------------------------- NATS
@@ -552,6 +557,10 @@ impl Target for Webhook {
 
     fn reports_down(&self) -> bool {
         // An HTTP inject has no connection to lose; refused posts are publish failures.
+        false
+    }
+
+    fn header_tokens(&self) -> bool {
         false
     }
 

@@ -4,10 +4,8 @@
 //! resolve (an observer of the ledgers), aggregated as base-2 exponential
 //! histograms so they merge across chirp instances.
 
-use super::export::SignalStatus;
-use crate::export::catalogue::{Kind, Measure, Read, Rows, Sample, Value, CATALOGUE};
+use crate::export::catalogue::{Kind, Measure, Read, Rows, Sample, Sources, Value, CATALOGUE};
 use crate::outcome::{LaneId, LedgerEvent, Observer, Resolution};
-use crate::report::Watched;
 use opentelemetry::metrics::{AsyncInstrument, Histogram, Meter};
 use opentelemetry::KeyValue;
 use std::any::Any;
@@ -137,8 +135,7 @@ pub fn lane_attrs(probe: &[KeyValue], lane: LaneId, per_partition: bool) -> Vec<
 /// the others reuse that snapshot. A snapshot older than `fresh_for` is
 /// never reused, whatever the count says.
 struct Snapshots {
-    probes: Vec<Watched>,
-    status: Vec<Arc<SignalStatus>>,
+    src: Sources,
     fresh_for: Duration,
     callbacks: std::sync::OnceLock<u64>,
     last: Mutex<Option<Taken>>,
@@ -161,15 +158,7 @@ impl Snapshots {
                 return Arc::clone(&t.rows);
             }
         }
-        let mut rows = Rows::read(&self.probes, tokio::time::Instant::now());
-        rows.exports = self
-            .status
-            .iter()
-            .map(|s| {
-                let (exports, failures) = s.counts();
-                (s.signal, exports, failures)
-            })
-            .collect();
+        let rows = Rows::read(&self.src, tokio::time::Instant::now());
         let rows = Arc::new(rows);
         *last = Some(Taken {
             at: Instant::now(),
@@ -189,14 +178,12 @@ pub struct Observers {
 /// catalogue; `attrs[i]` are the attributes of `probes[i]`.
 pub fn observe(
     meter: &Meter,
-    probes: Vec<Watched>,
+    src: Sources,
     attrs: Vec<Vec<KeyValue>>,
-    status: Vec<Arc<SignalStatus>>,
     interval: Duration,
 ) -> Observers {
     let snaps = Arc::new(Snapshots {
-        probes,
-        status,
+        src,
         fresh_for: (interval / 4).min(Duration::from_secs(1)),
         callbacks: std::sync::OnceLock::new(),
         last: Mutex::new(None),
@@ -219,7 +206,7 @@ pub fn observe(
                 m.labels
                     .iter()
                     .zip(&sample.labels)
-                    .map(|((_, key), v)| KeyValue::new(*key, *v)),
+                    .map(|((_, key), v)| KeyValue::new(*key, v.to_string())),
             );
             kv
         };

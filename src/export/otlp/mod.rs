@@ -11,8 +11,8 @@ pub mod trace;
 pub use export::{ExportSetupError, SignalStatus};
 
 use crate::config::{OtlpConfig, ProbeConfig};
+use crate::export::catalogue::Sources;
 use crate::outcome::Observer;
-use crate::report::Watched;
 use metrics::{Histograms, LatencyObserver};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
@@ -210,20 +210,17 @@ impl Telemetry {
         out
     }
 
-    /// Starts observing the probes' counters and gauges.
-    pub fn observe(&mut self, probes: Vec<Watched>) {
+    /// Starts observing the counters and gauges of `src` (its OTLP counts
+    /// are these exporters').
+    pub fn observe(&mut self, mut src: Sources) {
+        src.otlp = self.status.clone();
         if let Some((_, _, meter)) = &self.meters {
-            let attrs = probes
+            let attrs = src
+                .probes
                 .iter()
                 .map(|w| probe_attrs(&w.probe.config))
                 .collect();
-            self.observers = Some(metrics::observe(
-                meter,
-                probes,
-                attrs,
-                self.status.clone(),
-                self.interval,
-            ));
+            self.observers = Some(metrics::observe(meter, src, attrs, self.interval));
         }
     }
 

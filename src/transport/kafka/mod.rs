@@ -65,9 +65,10 @@ impl KafkaSetupError {
 }
 
 /// Tracks whether the brokers answer, from librdkafka's error callbacks and our metadata reads.
-#[derive(Default)]
 pub struct Health {
     up: AtomicBool,
+    /// Counts the times the brokers became unreachable.
+    link: Arc<crate::transport::LinkStatus>,
     /// Set at shutdown: brokers going away then is expected, not news.
     closing: AtomicBool,
     name: String,
@@ -77,6 +78,7 @@ impl Health {
     pub fn new(name: &str) -> Arc<Health> {
         Arc::new(Health {
             up: AtomicBool::new(true),
+            link: crate::transport::LinkStatus::new(name, "client"),
             closing: AtomicBool::new(false),
             name: name.to_owned(),
         })
@@ -97,6 +99,7 @@ impl Health {
             return;
         }
         if was && !up {
+            self.link.lost();
             tracing::warn!(connection = %self.name, "Kafka brokers unreachable.");
         } else if !was && up {
             tracing::info!(connection = %self.name, "Kafka brokers reachable again.");
@@ -270,6 +273,10 @@ pub fn connect(
 }
 
 impl Connected {
+    pub fn link(&self) -> Arc<crate::transport::LinkStatus> {
+        Arc::clone(&self.health.link)
+    }
+
     /// Stops reporting broker changes, and stops the embedded cluster.
     pub async fn close(self) {
         self.health.close();

@@ -46,7 +46,10 @@ pub async fn start(
     sink: Arc<dyn CatchSink>,
     ctx: &Context,
 ) -> Result<Arc<dyn CatchHandle>, SetupError> {
-    let client = conn.client.clone();
+    let client = conn.catch().cloned().ok_or_else(|| {
+        let what = format!("connection `{}`", cfg.connection);
+        SetupError::new(what, false, "no client for catches")
+    })?;
     let subject = cfg.subject.clone();
     let sub = match &cfg.queue_group {
         Some(q) => client.queue_subscribe(subject.clone(), q.clone()).await,

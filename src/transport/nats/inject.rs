@@ -5,7 +5,7 @@
 use super::{config::InjectConfig, is_connected, Connected};
 use crate::canary;
 use crate::outcome::FailureKind;
-use crate::transport::{Ack, Confirm, Inject, Outgoing, PublishError};
+use crate::transport::{Ack, Confirm, Inject, Outgoing, PublishError, SetupError};
 use async_nats::{Client, HeaderMap};
 use std::time::Duration;
 
@@ -17,9 +17,17 @@ pub struct NatsInject {
 }
 
 impl NatsInject {
-    pub fn new(conn: &Connected, cfg: &InjectConfig, timeout: Duration) -> Self {
-        NatsInject {
-            client: conn.client.clone(),
+    pub fn new(
+        conn: &Connected,
+        cfg: &InjectConfig,
+        timeout: Duration,
+    ) -> Result<Self, SetupError> {
+        let client = conn.inject().cloned().ok_or_else(|| {
+            let what = format!("connection `{}`", cfg.connection);
+            SetupError::new(what, false, "no client for injects")
+        })?;
+        Ok(NatsInject {
+            client,
             subject: cfg.subject.clone(),
             headers: cfg
                 .headers
@@ -27,7 +35,7 @@ impl NatsInject {
                 .map(|(k, v)| (k.clone(), v.expose().to_owned()))
                 .collect(),
             timeout,
-        }
+        })
     }
 }
 

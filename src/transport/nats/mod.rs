@@ -10,15 +10,40 @@ pub mod inject;
 #[cfg(test)]
 mod tests;
 
-use super::{Context, SetupError};
+use super::{Context, LinkStatus, Roles, SetupError};
 use crate::config::secret::Endpoint;
 use async_nats::{Client, ConnectOptions, ServerAddr};
 use percent_encoding::percent_decode_str;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// A connected (or connecting) named client.
+/// A connected (or connecting) named connection: one client for the
+/// probes' injects and another for their catches, so that what arrives on
+/// a catch subject (a message the client cannot parse drops its connection)
+/// never disturbs publishing.
 pub struct Connected {
-    pub client: Client,
+    inject: Option<(Client, Arc<LinkStatus>)>,
+    catch: Option<(Client, Arc<LinkStatus>)>,
+}
+
+impl Connected {
+    /// The injects' client.
+    pub fn inject(&self) -> Option<&Client> {
+        self.inject.as_ref().map(|(c, _)| c)
+    }
+
+    /// The catches' client.
+    pub fn catch(&self) -> Option<&Client> {
+        self.catch.as_ref().map(|(c, _)| c)
+    }
+
+    pub fn links(&self) -> Vec<Arc<LinkStatus>> {
+        [&self.inject, &self.catch]
+            .into_iter()
+            .flatten()
+            .map(|(_, l)| Arc::clone(l))
+            .collect()
+    }
 }
 
 /// Credentials found in a server URL.
@@ -102,14 +127,37 @@ pub fn parse_urls(list: &str) -> Result<(Vec<ServerAddr>, Option<UrlAuth>), UrlE
     Ok((addrs, auth))
 }
 
-/// Connects the connection `name`. In `run` this returns at once and keeps
-/// reconnecting in the background (a prober must start while its broker is
-/// down); with `ctx.fail_fast` (`check`) the first attempt must succeed.
+/// Connects the connection `name`, a client per role that uses it. In
+/// `run` this returns at once and keeps reconnecting in the background (a
+/// prober must start while its broker is down); with `ctx.fail_fast`
+/// (`check`) the first attempt must succeed.
 pub async fn connect(
     name: &str,
     conn: &config::ConnectionConfig,
+    roles: Roles,
     ctx: &Context,
 ) -> Result<Connected, SetupError> {
+    let mut out = Connected {
+        inject: None,
+        catch: None,
+    };
+    if roles.inject {
+        let link = LinkStatus::new(name, "inject");
+        out.inject = Some((connect_one(name, conn, &link, ctx).await?, link));
+    }
+    if roles.catch {
+        let link = LinkStatus::new(name, "catch");
+        out.catch = Some((connect_one(name, conn, &link, ctx).await?, link));
+    }
+    Ok(out)
+}
+
+async fn connect_one(
+    name: &str,
+    conn: &config::ConnectionConfig,
+    link: &Arc<LinkStatus>,
+    ctx: &Context,
+) -> Result<Client, SetupError> {
     let what = || format!("connection `{name}`");
     let mut opts = match &conn.credentials_file {
         Some(path) => ConnectOptions::with_credentials_file(path)
@@ -147,34 +195,38 @@ pub async fn connect(
             opts = opts.add_client_certificate(cert.into(), key.into());
         }
     }
-    let conn_name = name.to_owned();
+    let role = link.role;
+    let (conn_name, link) = (name.to_owned(), Arc::clone(link));
     opts = opts
-        .name(format!("chirp/{name}"))
+        .name(format!("chirp/{name}/{role}"))
         .connection_timeout(Duration::from_secs(5))
         // Reconnect quickly: every second of backoff is a second of canaries stuck in the buffer.
         .reconnect_delay_callback(|attempts| {
             Duration::from_millis((100 * attempts as u64).min(2000))
         })
         .event_callback(move |event| {
-            let name = conn_name.clone();
+            let (name, link) = (conn_name.clone(), Arc::clone(&link));
             async move {
                 match event {
-                    async_nats::Event::Connected => tracing::info!(connection = %name, "NATS connected."),
+                    async_nats::Event::Connected => {
+                        tracing::info!(connection = %name, role, "NATS connected.")
+                    }
                     async_nats::Event::Disconnected => {
-                        tracing::warn!(connection = %name, "NATS disconnected; reconnecting.")
+                        link.lost();
+                        tracing::warn!(connection = %name, role, "NATS disconnected; reconnecting.")
                     }
                     async_nats::Event::SlowConsumer(sid) => tracing::warn!(
-                        connection = %name, sid,
+                        connection = %name, role, sid,
                         "NATS slow consumer: messages dropped by the client; canaries among them will count as lost."
                     ),
-                    other => tracing::info!(connection = %name, event = %other, "NATS event."),
+                    other => tracing::info!(connection = %name, role, event = %other, "NATS event."),
                 }
             }
         });
     if !ctx.fail_fast {
         opts = opts.retry_on_initial_connect();
     }
-    let client = opts.connect(addrs).await.map_err(|e| {
+    opts.connect(addrs).await.map_err(|e| {
         SetupError::new(
             format!(
                 "{}: cannot connect to NATS at {}",
@@ -184,8 +236,7 @@ pub async fn connect(
             true,
             e,
         )
-    })?;
-    Ok(Connected { client })
+    })
 }
 
 pub fn is_connected(client: &Client) -> bool {
