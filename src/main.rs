@@ -12,6 +12,7 @@ use std::time::Duration;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.command.default_log_level());
+    chirp::server::listener::on_flood_end(release_memory);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,3 +49,17 @@ fn init_logging(format: LogFormat, default_level: &str) {
         LogFormat::Json => builder.json().init(),
     }
 }
+
+/// Hands the pages glibc's arenas hold free back to the system (called by
+/// the listener once a flood of connections has ended).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_memory() {
+    // SAFETY: malloc_trim takes no pointers; it only walks glibc's own free
+    // lists, under its own locks, and is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_memory() {}

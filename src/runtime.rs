@@ -8,10 +8,12 @@ use crate::canary::Signer;
 use crate::config::limits::SHUTDOWN_MARGIN;
 use crate::config::Config;
 use crate::export::catalogue::Sources;
+use crate::export::listener::ListenerStats;
 use crate::export::otlp::{ExportSetupError, Telemetry};
 use crate::outcome::Observer;
 use crate::probe::Probe;
 use crate::report::Watched;
+use crate::server::tls::{Tls, TlsError};
 use crate::server::{self, AppState};
 use crate::slo::SloObserver;
 use crate::transport::{self, CatchSink, Connections, Context, SetupError};
@@ -72,6 +74,8 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
     Transport(#[from] SetupError),
     #[error("export.otlp")]
     Otlp(#[from] ExportSetupError),
@@ -120,13 +124,21 @@ impl Runtime {
         };
         let listener = match bind_at {
             None => None,
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Bind { addr, source })?,
-            ),
+            Some(addr) => Some(bind(addr).map_err(|source| StartError::Bind { addr, source })?),
         };
         let addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+        let tls = match (&listener, &config.listen.tls) {
+            (Some(_), Some(files)) => Some(Tls::load(files)?),
+            _ => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut listen = config.listen.clone();
+        if listener.is_some() {
+            listen.limits.max_connections = connections_allowed(listen.limits.max_connections);
+        }
+        let listener_stats = listener
+            .as_ref()
+            .map(|_| Arc::new(ListenerStats::default()));
         let exposed = config.demo_key_on_real_probes();
         if !exposed.is_empty() {
             tracing::warn!(
@@ -140,7 +152,8 @@ impl Runtime {
         let ctx = Context {
             run_id,
             signer: Signer::new(config.signing_key.expose().as_bytes()),
-            listener: addr.map(|a| format!("http://{}", loopback(a))),
+            listener: addr.map(|a| format!("{scheme}://{}", loopback(a))),
+            own_certificate: tls.as_ref().map(|t| t.own_certificate()),
             fail_fast: opts.fail_fast,
             stop: stop.clone(),
             tasks: tasks.clone(),
@@ -190,6 +203,7 @@ impl Runtime {
             probes: probes.clone(),
             otlp: Vec::new(),
             links: connections.links(),
+            listener: listener_stats.clone(),
         };
         if let Some(t) = &mut telemetry {
             t.observe(sources.clone());
@@ -200,11 +214,14 @@ impl Runtime {
         let server = listener.map(|listener| {
             let state = AppState::new(config.environment.clone(), config.prometheus, sources);
             let app = server::router(state, transport::http::router(Arc::clone(&ctx.hooks)));
+            if let Some(t) = &tls {
+                tasks.spawn(Arc::clone(t).watch(server_stop.clone()));
+            }
             let stop = server_stop.clone();
+            let hooks = Arc::clone(&ctx.hooks);
+            let stats = listener_stats.clone().unwrap_or_default();
             tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
+                server::listener::serve(listener, &listen, tls, app, hooks, stats, stop).await
             })
         });
 
@@ -350,6 +367,48 @@ impl Runtime {
             }
         }
     }
+}
+
+/// Connections the kernel queues for the listener before it accepts them
+/// (capped by `net.core.somaxconn`). The usual 128 overflows when clients
+/// connect in a burst, and each dropped SYN costs its client a second.
+const BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// File descriptors kept for everything but the listener's connections:
+/// broker clients, OTLP, files, the listening socket itself.
+const FD_RESERVE: u64 = 256;
+
+/// Raises the open-file limit to its hard limit (the default 1,024 is
+/// exhausted by a thousand idle connections), and returns how many
+/// connections the listener may hold: `wanted`, or fewer with a warning when
+/// the limit does not allow it.
+fn connections_allowed(wanted: usize) -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read or raise the open-file limit");
+            return wanted;
+        }
+    };
+    let room = limit.saturating_sub(FD_RESERVE).max(16) as usize;
+    if room < wanted {
+        tracing::warn!(
+            open_files = limit,
+            "listen.max_connections is {wanted}, but the open-file limit allows about {room}; using {room}. Raise the limit (ulimit -n, or the container's nofile) to allow more."
+        );
+        return room;
+    }
+    wanted
 }
 
 /// Our own listener as a client reaches it: a wildcard address becomes loopback.

@@ -91,7 +91,7 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
     let opts = Options {
         listen: Listen::IfNeeded {
             given: args.common.listen,
-            fallback: config.listen,
+            fallback: config.listen.address,
         },
         count: args.count,
         duration: args.duration,

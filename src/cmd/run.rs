@@ -19,7 +19,7 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
     };
     // First, so a signal during start-up is answered as later ones are.
     let mut signals = Signals::new()?;
-    let listen = args.common.listen.unwrap_or(config.listen);
+    let listen = args.common.listen.unwrap_or(config.listen.address);
     let mut rt = Runtime::start(&config, Options::run(listen))
         .await
         .with_context(|| format!("cannot start with {}", path.display()))?;
@@ -27,6 +27,8 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
         version = env!("CARGO_PKG_VERSION"),
         config = %path.display(),
         listen = %rt.addr.map(|a| a.to_string()).unwrap_or_default(),
+        tls = config.listen.tls.is_some(),
+        auth = config.listen.auth.is_some(),
         environment = %config.environment,
         probes = config.probes.len(),
         run_id = %format!("{:016x}", rt.run_id),

@@ -9,6 +9,7 @@
 pub mod de;
 pub mod errors;
 pub mod limits;
+pub mod listen;
 mod locate;
 mod otlp;
 pub mod secret;
@@ -27,7 +28,6 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ pub struct Config {
     /// A label on every metric (`environment="prod"`).
     pub environment: String,
     /// The one HTTP listener: metrics, health, API and webhook catch.
-    pub listen: SocketAddr,
+    pub listen: listen::ListenConfig,
     /// Key for the canary tokens' HMAC and for webhook signatures.
     pub signing_key: Secret,
     /// How long shutdown waits for in-flight canaries to resolve.
@@ -259,7 +259,7 @@ fn section<T: DeserializeOwned>(value: &Value, path: &str, p: &mut Problems) -> 
 #[serde(deny_unknown_fields)]
 struct RawTop {
     environment: Option<String>,
-    listen: Option<String>,
+    listen: Option<Value>,
     signing_key: Option<Secret>,
     #[serde(default, deserialize_with = "de::opt_duration")]
     shutdown_grace: Option<Duration>,
@@ -346,13 +346,6 @@ fn read(root: &Value, env: &dyn Env, p: &mut Problems) -> Option<Config> {
     }
     let top: RawTop = section(root, "", p)?;
     let environment = top.environment.unwrap_or_else(|| "default".into());
-    let listen = top.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-    let listen = listen.parse::<SocketAddr>().map_err(|_| {
-        p.add(
-            "listen",
-            format!("`{listen}` is not an address; write e.g. `0.0.0.0:9464` or `127.0.0.1:9464`"),
-        )
-    });
     let signing_key = match top.signing_key {
         None => {
             p.add(
@@ -388,9 +381,17 @@ fn read(root: &Value, env: &dyn Env, p: &mut Problems) -> Option<Config> {
         }
     }
     let probes = read_probes(top.probes.as_ref(), &defaults, &connections, p);
+    let largest_hook = probes
+        .iter()
+        .flatten()
+        .filter(|pc| pc.catch.needs_listener())
+        .map(|pc| pc.payload.size)
+        .max()
+        .unwrap_or(0);
+    let listen = listen::read(top.listen.as_ref(), largest_hook, p);
     Some(Config {
         environment,
-        listen: listen.ok()?,
+        listen: listen?,
         signing_key: signing_key?,
         shutdown_grace: top.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
         prometheus: export.prometheus.unwrap_or(true),

@@ -43,7 +43,7 @@ probes:
 fn reads_a_valid_file_with_defaults_applied() {
     let c = load_str(GOOD, &env()).unwrap();
     assert_eq!(c.environment, "staging");
-    assert_eq!(c.listen.port(), 9999);
+    assert_eq!(c.listen.address.port(), 9999);
     assert_eq!(c.signing_key.expose(), "a-long-enough-signing-key");
     assert_eq!(c.probes.len(), 2);
     let orders = &c.probes[0];
@@ -362,4 +362,87 @@ fn the_demo_key_is_named_only_on_probes_of_a_real_pipeline() {
     assert_eq!(demo.demo_key_on_real_probes(), ["orders"]);
     let own = load_str(&text("a-long-enough-signing-key"), &env()).unwrap();
     assert!(own.demo_key_on_real_probes().is_empty());
+}
+
+#[test]
+fn the_listener_is_an_address_or_a_mapping_with_limits_tls_and_auth() {
+    let c = load_str(GOOD, &env()).unwrap();
+    let l = &c.listen;
+    assert_eq!(l.limits, listen::Limits::default());
+    assert!(l.tls.is_none() && l.auth.is_none());
+    let full = GOOD.replace(
+        "listen: 127.0.0.1:9999",
+        "listen:\n  address: 127.0.0.1:9999\n  max_connections: 50\n  header_timeout: 2s\n  body_timeout: 3s\n  idle_timeout: 4s\n  max_body: 4096\n  tls: {cert_file: /c.pem, key_file: /k.pem}\n  auth: {bearer_token: a-bearer-token-of-length, basic: {username: prom, password: twelve-chars}}",
+    );
+    let c = load_str(&full, &env()).unwrap();
+    let l = &c.listen;
+    assert_eq!(l.address.port(), 9999);
+    assert_eq!(
+        l.limits,
+        listen::Limits {
+            max_connections: 50,
+            header_timeout: Duration::from_secs(2),
+            body_timeout: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(4),
+            max_body: 4096,
+        }
+    );
+    assert_eq!(l.tls.as_ref().unwrap().key_file, "/k.pem");
+    let auth = l.auth.as_ref().unwrap();
+    assert_eq!(auth.basic.as_ref().unwrap().0, "prom");
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("a-bearer-token-of-length") && !shown.contains("twelve-chars"));
+}
+
+#[test]
+fn the_default_body_limit_makes_room_for_padded_webhook_canaries() {
+    let big = GOOD.replace("payload: {size: 512}", "payload: {size: 100000}");
+    let c = load_str(&big, &env()).unwrap();
+    assert_eq!(c.listen.limits.max_body, 100000 + listen::BODY_SLACK);
+    let too_small = big.replace(
+        "listen: 127.0.0.1:9999",
+        "listen: {address: 127.0.0.1:9999, max_body: 50000}",
+    );
+    let e = errors(&too_small);
+    assert!(
+        e.iter().any(|e| e
+            .starts_with("listen.max_body: 50000 bytes is smaller than a webhook probe's canary")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn listener_mistakes_are_named() {
+    for (listen, says) in [
+        (
+            "listen: {adress: 127.0.0.1:1}",
+            "listen.adress: unknown key `adress`; did you mean `address`?",
+        ),
+        (
+            "listen: {address: nowhere}",
+            "listen.address: `nowhere` is not an address",
+        ),
+        ("listen: [1]", "listen: expected an address"),
+        (
+            "listen: {max_connections: 0}",
+            "listen.max_connections: must be between 1",
+        ),
+        (
+            "listen: {header_timeout: 1ms}",
+            "listen.header_timeout: must be at least 100ms",
+        ),
+        (
+            "listen: {auth: {}}",
+            "listen.auth: name `bearer_token`, `basic` or both",
+        ),
+        (
+            "listen: {auth: {bearer_token: short}}",
+            "listen.auth.bearer_token: is too short",
+        ),
+        ("listen: {tls: {cert_file: /c.pem}}", "listen.tls.key_file"),
+    ] {
+        let text = GOOD.replace("listen: 127.0.0.1:9999", listen);
+        let e = errors(&text);
+        assert!(e.iter().any(|e| e.starts_with(says)), "{listen}: {e:?}");
+    }
 }

@@ -3,6 +3,7 @@
 //! snapshot. Both exporters walk this table, and a test compares it with
 //! `docs/metrics.md`, so the two exports and the reference cannot drift apart.
 
+use super::listener::{ListenerStats, Rejection};
 use super::otlp::SignalStatus;
 use crate::outcome::{Counts, FailureKind, LaneId};
 use crate::report::Watched;
@@ -43,17 +44,19 @@ pub enum Group {
     Slo,
     Probe,
     Transport,
+    Listener,
     Export,
 }
 
 impl Group {
-    pub const ALL: [Group; 7] = [
+    pub const ALL: [Group; 8] = [
         Group::Outcomes,
         Group::Observations,
         Group::Latency,
         Group::Slo,
         Group::Probe,
         Group::Transport,
+        Group::Listener,
         Group::Export,
     ];
 
@@ -65,6 +68,7 @@ impl Group {
             Group::Slo => "slo",
             Group::Probe => "probe",
             Group::Transport => "transport",
+            Group::Listener => "listener",
             Group::Export => "export",
         }
     }
@@ -107,6 +111,10 @@ pub enum Read {
     },
     /// Client connections lost, by named connection and role.
     Reconnects,
+    /// Requests and connections chirp's listener refused, by reason (label `reason`).
+    ListenerRejected,
+    /// Connections open on chirp's listener.
+    ListenerOpen,
 }
 
 pub struct Metric {
@@ -218,6 +226,10 @@ pub const CATALOGUE: &[Metric] = &[
         "chirp's version (in OTLP, the resource attribute service.version)."),
     metric!(Transport, "chirp_transport_reconnects_total", Some("chirp.transport.reconnects"), Counter, "{reconnect}", &[("connection", "connection"), ("role", "role")], Read::Reconnects,
         "Times a client connection was lost (chirp reconnects, or is reconnecting), by named connection and role: NATS has a client for injects and one for catches; a Kafka connection counts as one client."),
+    metric!(Listener, "chirp_http_requests_rejected_total", Some("chirp.http.requests.rejected"), Counter, "{request}", &[("reason", "reason")], Read::ListenerRejected,
+        "Requests and connections chirp's listener refused, by reason: connections (at listen.max_connections), tls, header_timeout, body_timeout, body_too_large, malformed, unauthorized (all seven always exported)."),
+    metric!(Listener, "chirp_http_connections", Some("chirp.http.connections"), UpDown, "{connection}", NONE, Read::ListenerOpen,
+        "Connections open on chirp's listener."),
     metric!(Export, "chirp_otlp_exports_total", Some("chirp.otlp.exports"), Counter, "{export}", &[("signal", "signal")], Read::Exports { failures: false },
         "OTLP export attempts, by signal (metrics, traces); only while OTLP export is on."),
     metric!(Export, "chirp_otlp_export_failures_total", Some("chirp.otlp.export.failures"), Counter, "{export}", &[("signal", "signal")], Read::Exports { failures: true },
@@ -259,6 +271,8 @@ pub struct Rows {
     pub exports: Vec<(&'static str, u64, u64)>,
     /// (connection, role, times lost).
     pub links: Vec<(String, &'static str, u64)>,
+    /// The listener's rejections by reason, and its open connections.
+    pub listener: Option<(Vec<(Rejection, u64)>, u64)>,
 }
 
 /// Everything the exporters read: the probes (with their SLO engines), the
@@ -268,6 +282,8 @@ pub struct Sources {
     pub probes: Vec<Watched>,
     pub otlp: Vec<Arc<SignalStatus>>,
     pub links: Vec<Arc<LinkStatus>>,
+    /// chirp's own listener, when it runs.
+    pub listener: Option<Arc<ListenerStats>>,
 }
 
 impl Rows {
@@ -314,6 +330,10 @@ impl Rows {
             .iter()
             .map(|l| (l.connection.clone(), l.role, l.reconnects()))
             .collect();
+        rows.listener = src.listener.as_ref().map(|l| {
+            let rejected = Rejection::ALL.map(|r| (r, l.rejected(r))).to_vec();
+            (rejected, l.open())
+        });
         rows
     }
 }
@@ -432,6 +452,26 @@ impl Metric {
                         probe: None,
                         lane: None,
                         value: Value::Int(*n),
+                    });
+                }
+            }
+            Read::ListenerRejected => {
+                for (why, n) in rows.listener.iter().flat_map(|(r, _)| r) {
+                    out.push(Sample {
+                        labels: vec![Cow::Borrowed(why.as_str())],
+                        probe: None,
+                        lane: None,
+                        value: Value::Int(*n),
+                    });
+                }
+            }
+            Read::ListenerOpen => {
+                if let Some((_, open)) = &rows.listener {
+                    out.push(Sample {
+                        labels: vec![],
+                        probe: None,
+                        lane: None,
+                        value: Value::Int(*open),
                     });
                 }
             }

@@ -3,5 +3,6 @@
 //! decide nothing.
 
 pub mod catalogue;
+pub mod listener;
 pub mod otlp;
 pub mod prometheus;

@@ -4,6 +4,10 @@
 //! serving": broker state is reported per probe (`chirp_probe_up`,
 //! `/api/probes`), never by taking chirp out of its Service.
 
+pub mod auth;
+pub mod listener;
+pub mod tls;
+
 use crate::export::catalogue::Sources;
 use crate::export::prometheus;
 use crate::report::{self, Watched};

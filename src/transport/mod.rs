@@ -403,8 +403,10 @@ pub struct Context {
     pub run_id: u64,
     /// Signs webhook bodies; the webhook receiver's default key.
     pub signer: Signer,
-    /// `http://host:port` of chirp's own listener, when it has one.
+    /// `http://host:port` (or `https://`) of chirp's own listener, when it has one.
     pub listener: Option<String>,
+    /// The certificate chirp's listener serves, when it speaks TLS.
+    pub own_certificate: Option<Arc<http::OwnCertificate>>,
     /// Fail when a target cannot be reached at start (`check`), instead of
     /// retrying in the background (`run`).
     pub fail_fast: bool,

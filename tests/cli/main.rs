@@ -6,7 +6,9 @@
 mod support;
 
 mod commands;
+mod limits;
 mod listener;
 mod process;
 mod reports;
 mod secrets;
+mod secure;

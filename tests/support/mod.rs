@@ -211,7 +211,7 @@ where
 
 /// Starts chirp as `run` does, listening where the configuration says.
 pub async fn start(config: &chirp::config::Config) -> chirp::runtime::Runtime {
-    chirp::runtime::Runtime::start(config, chirp::runtime::Options::run(config.listen))
+    chirp::runtime::Runtime::start(config, chirp::runtime::Options::run(config.listen.address))
         .await
         .expect("chirp starts")
 }
@@ -224,7 +224,7 @@ pub async fn start_counted(config: &chirp::config::Config, count: u64) -> chirp:
         chirp::runtime::Options {
             count: Some(count),
             fail_fast: true,
-            ..chirp::runtime::Options::run(config.listen)
+            ..chirp::runtime::Options::run(config.listen.address)
         },
     )
     .await
@@ -305,7 +305,8 @@ impl Scrape {
 /// The whole HTTP/1.0 response (status line, headers, body) to `GET path` on 127.0.0.1:`port`.
 pub fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut body = String::new();

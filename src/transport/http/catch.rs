@@ -39,6 +39,15 @@ impl Hooks {
             .get(probe)
             .cloned()
     }
+
+    /// Counts a request the listener refused before routing it (a body too
+    /// large or too slow) as `rejected` for the probe whose receiver `path`
+    /// names, if any.
+    pub fn refused(&self, path: &str) {
+        if let Some(hook) = path.strip_prefix("/hooks/").and_then(|n| self.get(n)) {
+            hook.sink.on_stray(Stray::Rejected);
+        }
+    }
 }
 
 /// The webhook receiver is chirp's own listener: up while chirp serves.

@@ -7,6 +7,7 @@ use crate::outcome::FailureKind;
 use crate::transport::{
     classify_io, Ack, Confirm, Context, Inject, Outgoing, PublishError, SetupError,
 };
+use std::sync::Arc;
 use std::time::Duration;
 
 pub struct HttpInject {
@@ -56,6 +57,11 @@ impl HttpInject {
         if local {
             // The self-test loop talks to our own listener: never through a proxy.
             builder = builder.no_proxy();
+            if let Some(own) = &ctx.own_certificate {
+                let tls = super::own::client_config(Arc::clone(own))
+                    .map_err(|e| SetupError::new(format!("probe `{probe}`: inject"), false, e))?;
+                builder = builder.use_preconfigured_tls(tls);
+            }
         }
         let client = builder
             .pool_max_idle_per_host(4)

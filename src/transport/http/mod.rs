@@ -6,7 +6,9 @@
 pub mod catch;
 pub mod config;
 pub mod inject;
+pub mod own;
 #[cfg(test)]
 mod tests;
 
 pub use catch::{router, Hooks};
+pub use own::OwnCertificate;
