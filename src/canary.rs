@@ -44,10 +44,12 @@ pub enum TokenError {
     BadMac,
 }
 
-/// Signs and verifies tokens with one key.
+/// Signs tokens and webhooks with one key; verifies with it or, while a
+/// key is being rotated, with one of the previous keys.
 #[derive(Clone)]
 pub struct Signer {
     mac: HmacSha256,
+    previous: std::sync::Arc<[HmacSha256]>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -59,9 +61,29 @@ impl std::fmt::Debug for Signer {
 impl Signer {
     pub fn new(key: &[u8]) -> Self {
         // HMAC takes keys of any length; this cannot fail.
-        let mac = HmacSha256::new_from_slice(key)
-            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-        Signer { mac }
+        Signer {
+            mac: Self::mac(key),
+            previous: std::sync::Arc::new([]),
+        }
+    }
+
+    /// Signs with `key`; also accepts what `previous` keys signed.
+    pub fn rotating(key: &[u8], previous: &[&[u8]]) -> Self {
+        Signer {
+            mac: Self::mac(key),
+            previous: previous.iter().map(|k| Self::mac(k)).collect(),
+        }
+    }
+
+    fn mac(key: &[u8]) -> HmacSha256 {
+        // HMAC takes keys of any length; this cannot fail.
+        HmacSha256::new_from_slice(key)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+    }
+
+    /// The current key, then the previous ones.
+    fn keys(&self) -> impl Iterator<Item = &HmacSha256> {
+        std::iter::once(&self.mac).chain(self.previous.iter())
     }
 
     /// Encodes and signs `token`.
@@ -82,11 +104,16 @@ impl Signer {
         let (token, body, mac_hex) = parse(s)?;
         let mut mac = [0u8; MAC_LEN];
         hex::decode_to_slice(mac_hex, &mut mac).map_err(|_| TokenError::Malformed)?;
-        let mut m = self.mac.clone();
-        m.update(body.as_bytes());
-        m.verify_truncated_left(&mac)
-            .map_err(|_| TokenError::BadMac)?;
-        Ok(token)
+        let signed = |k: &HmacSha256| {
+            let mut m = k.clone();
+            m.update(body.as_bytes());
+            m.verify_truncated_left(&mac).is_ok()
+        };
+        if self.keys().any(signed) {
+            Ok(token)
+        } else {
+            Err(TokenError::BadMac)
+        }
     }
 
     /// HMAC-SHA256 of `data`, for webhook signatures.
@@ -105,9 +132,11 @@ impl Signer {
         if hex::decode_to_slice(hex_sig, &mut sig).is_err() {
             return false;
         }
-        let mut m = self.mac.clone();
-        m.update(data);
-        m.verify_slice(&sig).is_ok()
+        self.keys().any(|k| {
+            let mut m = k.clone();
+            m.update(data);
+            m.verify_slice(&sig).is_ok()
+        })
     }
 
     /// The `sha256=<hex>` signature header value for `data`.
@@ -293,6 +322,31 @@ mod tests {
         );
         let forged = enc.replace(".42.", ".43.");
         assert_eq!(s.decode(&forged), Err(TokenError::BadMac));
+    }
+
+    #[test]
+    fn a_rotating_signer_signs_with_the_new_key_and_accepts_the_old() {
+        let (old, new) = (
+            b"the-old-key-0123".as_slice(),
+            b"the-new-key-4567".as_slice(),
+        );
+        let rotating = Signer::rotating(new, &[old]);
+        let by_old = Signer::new(old).encode(&token());
+        assert_eq!(rotating.decode(&by_old), Ok(token()));
+        let by_rotating = rotating.encode(&token());
+        assert_eq!(Signer::new(new).decode(&by_rotating), Ok(token()));
+        assert_eq!(
+            Signer::new(old).decode(&by_rotating),
+            Err(TokenError::BadMac)
+        );
+        let body = b"{\"a\":1}";
+        assert!(rotating.verify_signature(body, &Signer::new(old).signature(body)));
+        assert_eq!(rotating.signature(body), Signer::new(new).signature(body));
+        let stranger = Signer::new(b"never-had-this-key").encode(&token());
+        assert_eq!(rotating.decode(&stranger), Err(TokenError::BadMac));
+        assert!(
+            !rotating.verify_signature(body, &Signer::new(b"never-had-this-key").signature(body))
+        );
     }
 
     #[test]

@@ -151,7 +151,14 @@ impl Runtime {
         let stop = CancellationToken::new();
         let ctx = Context {
             run_id,
-            signer: Signer::new(config.signing_key.expose().as_bytes()),
+            signer: Signer::rotating(
+                config.signing_key.expose().as_bytes(),
+                &config
+                    .previous_signing_keys
+                    .iter()
+                    .map(|k| k.expose().as_bytes())
+                    .collect::<Vec<_>>(),
+            ),
             listener: addr.map(|a| format!("{scheme}://{}", loopback(a))),
             own_certificate: tls.as_ref().map(|t| t.own_certificate()),
             fail_fast: opts.fail_fast,

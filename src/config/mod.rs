@@ -40,6 +40,9 @@ pub struct Config {
     pub listen: listen::ListenConfig,
     /// Key for the canary tokens' HMAC and for webhook signatures.
     pub signing_key: Secret,
+    /// Keys being rotated out: what they signed is still accepted at the
+    /// catch side (tokens, and webhooks signed with the signing key).
+    pub previous_signing_keys: Vec<Secret>,
     /// How long shutdown waits for in-flight canaries to resolve.
     pub shutdown_grace: Duration,
     /// Serve `/metrics` (`export.prometheus`, default true).
@@ -261,6 +264,7 @@ struct RawTop {
     environment: Option<String>,
     listen: Option<Value>,
     signing_key: Option<Secret>,
+    previous_signing_keys: Option<Vec<Secret>>,
     #[serde(default, deserialize_with = "de::opt_duration")]
     shutdown_grace: Option<Duration>,
     defaults: Option<Value>,
@@ -363,6 +367,27 @@ fn read(root: &Value, env: &dyn Env, p: &mut Problems) -> Option<Config> {
         }
         Some(k) => Some(k),
     };
+    let mut previous_signing_keys = Vec::new();
+    for (i, k) in top.previous_signing_keys.into_iter().flatten().enumerate() {
+        let at = format!("previous_signing_keys[{i}]");
+        if k.is_empty() {
+            // `${OLD_KEY:-}` with nothing to rotate: no key.
+            continue;
+        }
+        if k.expose().len() < MIN_KEY_LEN {
+            p.add(
+                at,
+                format!("is too short: use at least {MIN_KEY_LEN} bytes"),
+            );
+        } else if signing_key.as_ref().is_some_and(|s| *s == k) {
+            p.add(
+                at,
+                "is the signing key itself; list only keys being rotated out",
+            );
+        } else {
+            previous_signing_keys.push(k);
+        }
+    }
     let export: RawExport = match &top.export {
         Some(v) => section(v, "export", p).unwrap_or_default(),
         None => RawExport::default(),
@@ -393,6 +418,7 @@ fn read(root: &Value, env: &dyn Env, p: &mut Problems) -> Option<Config> {
         environment,
         listen: listen?,
         signing_key: signing_key?,
+        previous_signing_keys,
         shutdown_grace: top.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
         prometheus: export.prometheus.unwrap_or(true),
         otlp,

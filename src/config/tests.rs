@@ -446,3 +446,33 @@ fn listener_mistakes_are_named() {
         assert!(e.iter().any(|e| e.starts_with(says)), "{listen}: {e:?}");
     }
 }
+
+#[test]
+fn previous_signing_keys_are_checked_and_empty_ones_skipped() {
+    let text = GOOD.replace(
+        "signing_key: ${KEY}",
+        "signing_key: ${KEY}\nprevious_signing_keys: [the-old-key-0123456, \"${OLD:-}\"]",
+    );
+    let c = load_str(&text, &env()).unwrap();
+    assert_eq!(c.previous_signing_keys.len(), 1);
+    assert_eq!(c.previous_signing_keys[0].expose(), "the-old-key-0123456");
+    let bad = GOOD.replace(
+        "signing_key: ${KEY}",
+        "signing_key: ${KEY}\nprevious_signing_keys: [short, \"${KEY}\"]",
+    );
+    let e = errors(&bad);
+    assert!(
+        e.iter()
+            .any(|e| e.starts_with("previous_signing_keys[0]: is too short")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|e| e.starts_with("previous_signing_keys[1]: is the signing key itself")),
+        "{e:?}"
+    );
+    assert!(
+        !e.iter().any(|e| e.contains("a-long-enough-signing-key")),
+        "{e:?}"
+    );
+}

@@ -212,3 +212,60 @@ async fn nats_in_kafka_out() {
     rt.shutdown().await;
     relay.abort();
 }
+
+/// A key being rotated: canaries signed with it (by the instance before a
+/// restart, still in the pipeline) are told apart as another run's
+/// (`foreign`), not counted as forged (`rejected`), once the old key is in
+/// `previous_signing_keys`; a key chirp never had is still `rejected`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaries_signed_with_a_previous_key_are_not_counted_as_forged() {
+    const OLD: &str = "the-key-before-rotation-01";
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let probe = "{name: rotated, interval: 1h, inject: {nats: {connection: main, subject: rot.in}}, catch: {nats: {connection: main, subject: rot.out}}}";
+    for (previous, expect_foreign, expect_rejected) in [(true, 5, 1), (false, 0, 6)] {
+        let mut conf = support::nats_conf(&nats.url()).probe(probe);
+        if previous {
+            conf = conf.top(&format!(
+                "previous_signing_keys: [\"{OLD}\", \"${{UNSET_PREVIOUS_KEY:-}}\"]"
+            ));
+        }
+        let rt = support::start(&conf.build()).await;
+        rt.ready().await;
+        // What the instance before the restart (another run) had in flight,
+        // signed with the old key, and one token signed with a key chirp never had.
+        let token = |key: &str, seq: u64| {
+            Signer::new(key.as_bytes()).encode(&chirp::canary::Token {
+                probe: "rotated".into(),
+                run_id: 0x0123_4567_89ab_cdef,
+                lane: 0,
+                seq,
+                sent_unix_us: chirp::canary::unix_now_us(),
+            })
+        };
+        let mut tokens: Vec<String> = (1..=5).map(|s| token(OLD, s)).collect();
+        tokens.push(token("a-key-chirp-never-had-00", 6));
+        for t in tokens {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert(HEADER, t.as_str());
+            client
+                .publish_with_headers("rot.out", h, t.into_bytes().into())
+                .await
+                .unwrap();
+        }
+        client.flush().await.unwrap();
+        let p = support::probe(&rt, "rotated");
+        support::wait_for("six messages at the sink", Duration::from_secs(5), || {
+            let c = p.counts();
+            c.foreign + c.rejected == 6
+        })
+        .await;
+        let c = p.counts();
+        assert_eq!(
+            (c.foreign, c.rejected),
+            (expect_foreign, expect_rejected),
+            "previous key configured: {previous}; {c:?}"
+        );
+        rt.shutdown().await;
+    }
+}
