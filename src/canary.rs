@@ -154,7 +154,9 @@ fn parse(s: &str) -> Result<(Token, &str, &str), TokenError> {
     if mac_hex.len() != MAC_LEN * 2 {
         return Err(TokenError::Malformed);
     }
-    let mut parts = body[PREFIX.len()..].split('.');
+    // `chirp1.<mac>` alone splits into `chirp1` and the MAC: no fields.
+    let fields = body.strip_prefix(PREFIX).ok_or(TokenError::Malformed)?;
+    let mut parts = fields.split('.');
     let (Some(probe), Some(run), Some(lane), Some(seq), Some(sent), None) = (
         parts.next(),
         parts.next(),
@@ -353,6 +355,8 @@ mod tests {
     fn malformed_inputs_are_errors() {
         let s = Signer::new(b"0123456789abcdef");
         for bad in [
+            // Found by the fuzzer: the prefix, then only a MAC-sized field.
+            "chirp1.ccc3456789abcdef0129475368abcdef",
             "",
             "chirp1.",
             "chirp1.a.b.c.d.e.f",

@@ -426,6 +426,32 @@ async fn give_back_memory(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
+/// Serves one already-connected stream as the listener serves a
+/// connection (limits, routing; no TLS or credentials), until the client
+/// is done. For the fuzz target, which feeds it raw bytes.
+pub async fn serve_stream<S>(
+    stream: S,
+    router: Router,
+    hooks: Arc<Hooks>,
+    limits: Limits,
+    stats: Arc<ListenerStats>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = Arc::new(Shared {
+        limits,
+        auth: None,
+        tls: None,
+        router,
+        hooks,
+        stats,
+        quiet: Quiet::default(),
+        open: Mutex::new(BTreeMap::new()),
+    });
+    let conn = Arc::new(Conn::new(Instant::now()));
+    http(stream, &shared, conn, CancellationToken::new()).await;
+}
+
 async fn connection(
     sock: TcpStream,
     shared: &Arc<Shared>,
