@@ -153,13 +153,16 @@ pub(super) fn read(
     if !(1..=1_000_000).contains(&limits.max_connections) {
         p.add(at("max_connections"), "must be between 1 and 1000000");
     }
-    for (key, v) in [
-        ("header_timeout", limits.header_timeout),
-        ("body_timeout", limits.body_timeout),
-        ("idle_timeout", limits.idle_timeout),
+    let hour = Duration::from_secs(3600);
+    for (key, v, most, said) in [
+        ("header_timeout", limits.header_timeout, hour, "1h"),
+        ("body_timeout", limits.body_timeout, hour, "1h"),
+        ("idle_timeout", limits.idle_timeout, 24 * hour, "1d"),
     ] {
         if v < Duration::from_millis(100) {
             p.add(at(key), "must be at least 100ms");
+        } else if v > most {
+            p.add(at(key), format!("must be at most {said}"));
         }
     }
     if let Some(max) = raw.max_body {

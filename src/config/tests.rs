@@ -432,6 +432,10 @@ fn listener_mistakes_are_named() {
             "listen.header_timeout: must be at least 100ms",
         ),
         (
+            "listen: {idle_timeout: 300000000000y}",
+            "listen.idle_timeout: must be at most 1d",
+        ),
+        (
             "listen: {auth: {}}",
             "listen.auth: name `bearer_token`, `basic` or both",
         ),

@@ -227,7 +227,7 @@ pub const CATALOGUE: &[Metric] = &[
     metric!(Transport, "chirp_transport_reconnects_total", Some("chirp.transport.reconnects"), Counter, "{reconnect}", &[("connection", "connection"), ("role", "role")], Read::Reconnects,
         "Times a client connection was lost (chirp reconnects, or is reconnecting), by named connection and role: NATS has a client for injects and one for catches; a Kafka connection counts as one client."),
     metric!(Listener, "chirp_http_requests_rejected_total", Some("chirp.http.requests.rejected"), Counter, "{request}", &[("reason", "reason")], Read::ListenerRejected,
-        "Requests and connections chirp's listener refused, by reason: connections (at listen.max_connections), tls, header_timeout, body_timeout, body_too_large, malformed, unauthorized (all seven always exported)."),
+        "Requests and connections chirp's listener refused, by reason: connections (at listen.max_connections), tls, header_timeout, body_timeout, body_too_large, malformed, unauthorized (all seven exported while the listener runs)."),
     metric!(Listener, "chirp_http_connections", Some("chirp.http.connections"), UpDown, "{connection}", NONE, Read::ListenerOpen,
         "Connections open on chirp's listener."),
     metric!(Export, "chirp_otlp_exports_total", Some("chirp.otlp.exports"), Counter, "{export}", &[("signal", "signal")], Read::Exports { failures: false },

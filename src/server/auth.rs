@@ -5,13 +5,19 @@
 use crate::config::listen::ListenAuth;
 use axum::http::{header, HeaderMap};
 use base64::Engine;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// The credentials one request must carry.
+/// The credentials one request must carry, as SHA-256 digests: comparing
+/// digests in constant time reveals nothing, not even a credential's length.
 pub struct Auth {
-    bearer: Option<Vec<u8>>,
-    /// `base64(user:password)`, as a client sends it.
-    basic: Option<Vec<u8>>,
+    bearer: Option<[u8; 32]>,
+    /// Of `base64(user:password)`, as a client sends it.
+    basic: Option<[u8; 32]>,
+}
+
+fn digest(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
 }
 
 impl Auth {
@@ -20,11 +26,13 @@ impl Auth {
             bearer: cfg
                 .bearer_token
                 .as_ref()
-                .map(|t| t.expose().as_bytes().to_vec()),
+                .map(|t| digest(t.expose().as_bytes())),
             basic: cfg.basic.as_ref().map(|(user, password)| {
-                base64::engine::general_purpose::STANDARD
-                    .encode(format!("{user}:{}", password.expose()))
-                    .into_bytes()
+                digest(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{user}:{}", password.expose()))
+                        .as_bytes(),
+                )
             }),
         }
     }
@@ -52,9 +60,8 @@ impl Auth {
         } else {
             &None
         };
-        expected
-            .as_ref()
-            .is_some_and(|e| bool::from(e.as_slice().ct_eq(given)))
+        let given = digest(given);
+        expected.is_some_and(|e| bool::from(e.ct_eq(&given)))
     }
 
     /// The `WWW-Authenticate` challenge for a 401.

@@ -71,6 +71,8 @@ struct Conn {
     last_io: AtomicU64,
     /// Closed to make room for a newer connection.
     evict: CancellationToken,
+    /// The phase changed: the watchdog's deadline may have moved.
+    changed: tokio::sync::Notify,
 }
 
 impl Conn {
@@ -81,6 +83,7 @@ impl Conn {
             phase_since: AtomicU64::new(0),
             last_io: AtomicU64::new(0),
             evict: CancellationToken::new(),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -105,6 +108,8 @@ impl Conn {
         self.phase_since
             .store(self.ms(Instant::now()), Ordering::Release);
         self.phase.store(phase as u8, Ordering::Release);
+        // A permit is kept if the watchdog is not waiting yet.
+        self.changed.notify_one();
     }
 
     fn moved(&self) {
@@ -262,6 +267,16 @@ fn explain(why: Rejection, l: &Limits) -> String {
     }
 }
 
+/// Whether a new connection may be served.
+#[derive(Debug, PartialEq, Eq)]
+enum Room {
+    Free,
+    /// An older connection was closed for it.
+    Evicted,
+    /// Every connection is being answered: the newcomer is refused.
+    Full,
+}
+
 /// What every connection shares.
 struct Shared {
     limits: Limits,
@@ -281,27 +296,33 @@ impl Shared {
         self.quiet.note(why, total, &self.limits);
     }
 
-    /// Makes room for one more connection: closes the oldest one still
-    /// sending a request, else the oldest idle one. False when every open
-    /// connection is being answered.
-    fn make_room(&self) -> bool {
+    /// Makes room for one more connection if the limit is reached: closes
+    /// the connection whose request has been on its way longest (headers or
+    /// body), else the one idle longest.
+    fn make_room(&self) -> Room {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.len() < self.limits.max_connections {
-            return true;
+            return Room::Free;
         }
-        let pick = |want: &[Phase]| {
+        let sending = open
+            .iter()
+            .filter(|(_, c)| matches!(c.phase(), Phase::Head | Phase::Body))
+            .min_by_key(|(_, c)| c.phase_since.load(Ordering::Acquire))
+            .map(|(id, _)| *id);
+        let idle = || {
             open.iter()
-                .find(|(_, c)| want.contains(&c.phase()))
+                .filter(|(_, c)| c.phase() == Phase::Idle)
+                .min_by_key(|(_, c)| c.last_io.load(Ordering::Relaxed))
                 .map(|(id, _)| *id)
         };
-        let Some(id) = pick(&[Phase::Head, Phase::Body]).or_else(|| pick(&[Phase::Idle])) else {
-            return false;
+        let Some(id) = sending.or_else(idle) else {
+            return Room::Full;
         };
         if let Some(c) = open.remove(&id) {
             c.evict.cancel();
         }
         self.stats.set_open(open.len());
-        true
+        Room::Evicted
     }
 
     fn admit(&self, id: u64, conn: Arc<Conn>) {
@@ -314,6 +335,15 @@ impl Shared {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.remove(&id);
         self.stats.set_open(open.len());
+    }
+}
+
+/// Takes a connection out of the table when its task ends.
+struct Leave(Arc<Shared>, u64);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.0.leave(self.1);
     }
 }
 
@@ -362,13 +392,11 @@ pub async fn serve(
                 }
             }
         };
-        let full = {
-            let open = shared.open.lock().unwrap_or_else(|p| p.into_inner());
-            open.len() >= shared.limits.max_connections
-        };
-        if full {
-            shared.reject(Rejection::Connections);
-            if !shared.make_room() {
+        match shared.make_room() {
+            Room::Free => {}
+            Room::Evicted => shared.reject(Rejection::Connections),
+            Room::Full => {
+                shared.reject(Rejection::Connections);
                 drop(sock);
                 continue;
             }
@@ -378,8 +406,9 @@ pub async fn serve(
         shared.admit(next_id, Arc::clone(&conn));
         let (shared, stop, id) = (Arc::clone(&shared), stop.clone(), next_id);
         tasks.spawn(async move {
-            connection(sock, &shared, Arc::clone(&conn), stop).await;
-            shared.leave(id);
+            // Leaves the table however the task ends, a panic included.
+            let _leave = Leave(Arc::clone(&shared), id);
+            connection(sock, &shared, conn, stop).await;
         });
     }
     drop(listener);
@@ -420,7 +449,8 @@ async fn give_back_memory(shared: Arc<Shared>, stop: CancellationToken) {
         let open = shared.stats.open();
         peak = peak.max(shared.stats.peak_and_reset().max(open));
         if peak >= open + TRIM_AFTER {
-            release();
+            // It walks the whole heap: not on a runtime worker.
+            let _ = tokio::task::spawn_blocking(release).await;
             peak = open;
         }
     }
@@ -470,6 +500,9 @@ async fn connection(
             };
             match handshake {
                 Ok(Ok(stream)) => http(stream, shared, conn, stop).await,
+                // Closed before a handshake (a TCP health check, a port
+                // scan): nothing was asked, nothing refused.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
                 _ => shared.reject(Rejection::Tls),
             }
         }
@@ -519,6 +552,7 @@ where
                 return;
             }
             _ = conn.evict.cancelled() => return,
+            _ = conn.changed.notified() => {}
             _ = stop.cancelled(), if stopping.is_none() => {
                 served.as_mut().graceful_shutdown();
                 stopping = Some(Instant::now());
@@ -691,29 +725,46 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn room_is_made_from_the_oldest_request_in_progress_then_the_oldest_idle() {
-        let s = shared(3);
-        let conns: Vec<Arc<Conn>> = (0..3)
-            .map(|_| Arc::new(Conn::new(Instant::now())))
-            .collect();
-        for (i, c) in conns.iter().enumerate() {
-            s.admit(i as u64, Arc::clone(c));
-        }
-        conns[0].enter(Phase::Idle);
-        conns[1].enter(Phase::Busy);
-        // conns[2] is still sending its head: it goes first, though newest.
-        assert!(s.make_room());
-        assert!(conns[2].evict.is_cancelled());
-        assert!(!conns[0].evict.is_cancelled());
-        s.admit(3, Arc::new(Conn::new(Instant::now())));
-        s.open.lock().unwrap().get(&3).unwrap().enter(Phase::Busy);
-        // Now only the idle one can go.
-        assert!(s.make_room());
-        assert!(conns[0].evict.is_cancelled());
+    async fn room_is_made_from_the_longest_pending_request_then_the_longest_idle() {
+        let s = shared(4);
+        let tick = || tokio::time::advance(Duration::from_secs(1));
+        // An old connection (a webhook source kept alive) that has just
+        // started its next request, and a newer one that has sat on an
+        // unfinished head since it connected: the newer one goes.
+        let old = Arc::new(Conn::new(Instant::now()));
+        s.admit(0, Arc::clone(&old));
+        tick().await;
+        let slow = Arc::new(Conn::new(Instant::now()));
+        s.admit(1, Arc::clone(&slow));
+        tick().await;
+        old.enter(Phase::Idle);
+        old.read_some();
+        // Two idle ones: the one that moved bytes last stays.
+        let scraper = Arc::new(Conn::new(Instant::now()));
+        let quiet = Arc::new(Conn::new(Instant::now()));
+        s.admit(2, Arc::clone(&scraper));
+        s.admit(3, Arc::clone(&quiet));
+        scraper.enter(Phase::Idle);
+        quiet.enter(Phase::Idle);
+        tick().await;
+        scraper.moved();
+        assert_eq!(s.make_room(), Room::Evicted);
+        assert!(slow.evict.is_cancelled());
+        assert!(!old.evict.is_cancelled());
         s.admit(4, Arc::new(Conn::new(Instant::now())));
         s.open.lock().unwrap().get(&4).unwrap().enter(Phase::Busy);
+        old.enter(Phase::Busy);
+        // No request pending: the idle one that moved nothing longest goes.
+        assert_eq!(s.make_room(), Room::Evicted);
+        assert!(quiet.evict.is_cancelled());
+        assert!(!scraper.evict.is_cancelled());
+        s.admit(5, Arc::new(Conn::new(Instant::now())));
+        s.open.lock().unwrap().get(&5).unwrap().enter(Phase::Busy);
+        scraper.enter(Phase::Busy);
         // Every connection is being answered: the newcomer is refused.
-        assert!(!s.make_room());
-        assert_eq!(s.stats.open(), 3);
+        assert_eq!(s.make_room(), Room::Full);
+        assert_eq!(s.stats.open(), 4);
+        s.leave(5);
+        assert_eq!(s.make_room(), Room::Free);
     }
 }

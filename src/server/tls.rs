@@ -1,7 +1,7 @@
 //! TLS on chirp's listener: the certificate chain and key are read at start
 //! (a bad pair stops `run`) and read again every few seconds; a changed pair
-//! that loads replaces the old one for new connections, one that does not is
-//! logged once and the old one stays.
+//! (the same on two reads in a row) that loads replaces the old one for new
+//! connections, one that does not is logged once and the old one stays.
 
 use crate::config::listen::ListenTls;
 use crate::transport::http::OwnCertificate;
@@ -61,6 +61,9 @@ impl Tls {
             Unusable(Vec<u8>),
         }
         let mut said = Said::Nothing;
+        // A changed pair is loaded once two reads in a row agree, so a
+        // reload never catches the certificate written and the key not yet.
+        let mut seen: Option<Vec<u8>> = None;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -83,12 +86,19 @@ impl Tls {
             };
             if self.current.read().unwrap_or_else(|p| p.into_inner()).1 == pems {
                 said = Said::Nothing;
+                seen = None;
+                continue;
+            }
+            if seen.as_ref() != Some(&pems) {
+                seen = Some(pems);
                 continue;
             }
             match build(&self.files, &pems) {
                 Ok((acceptor, leaf)) => {
-                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = (acceptor, pems);
+                    // The loop's client first, so it trusts what new
+                    // handshakes will present.
                     self.own.set(&leaf);
+                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = (acceptor, pems);
                     said = Said::Nothing;
                     tracing::info!("Loaded the listener's new TLS certificate.");
                 }

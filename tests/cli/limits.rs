@@ -153,6 +153,7 @@ fn a_flood_of_slow_connections_is_bounded_and_metrics_keep_answering() {
     // The webhook pipeline went on: canaries still delivered, none lost.
     assert!(during.sum("chirp_canaries_delivered_total", &[]) > delivered_before);
     assert_eq!(during.sum("chirp_canaries_lost_total", &[]), 0.0);
+    assert_eq!(during.sum("chirp_canaries_publish_failed_total", &[]), 0.0);
 
     drop(flood);
     let give_up = Instant::now() + Duration::from_secs(15);
@@ -302,4 +303,45 @@ fn each_limit_closes_what_it_should_and_counts_it() {
         };
         assert_eq!(rejected(reason), want, "{reason}");
     }
+}
+
+#[test]
+fn a_request_begun_on_a_kept_alive_connection_has_the_header_clock() {
+    // Idle connections may stay a minute; an unfinished head only a second,
+    // even when it starts on a connection that was idle.
+    let port = free_port();
+    let cfg = Conf::new()
+        .listen(format!(
+            "{{address: 127.0.0.1:{port}, header_timeout: 1s, idle_timeout: 60s}}"
+        ))
+        .probe("{name: self, interval: 1h, inject: {http: {url: /hooks/self}}, catch: {http: {}}}")
+        .file();
+    let _chirp = start(&cfg, port);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"ok\n") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before answering");
+        got.extend_from_slice(&buf[..n]);
+    }
+    // Idle for longer than the header timeout: still open.
+    std::thread::sleep(Duration::from_millis(1500));
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost:").unwrap();
+    let (said, closed) = read_until_closed(&mut s, Duration::from_secs(10));
+    assert!(
+        closed && said.is_empty(),
+        "an unfinished head on a kept-alive connection outlived header_timeout: {said:?}"
+    );
+    let scrape = Scrape::blocking(port).unwrap();
+    assert_eq!(
+        scrape.sum(
+            "chirp_http_requests_rejected_total",
+            &[("reason", "header_timeout")]
+        ),
+        1.0
+    );
 }

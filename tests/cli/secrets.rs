@@ -81,3 +81,46 @@ fn nats_url_credentials_work_and_never_reach_the_logs() {
         "{logs}"
     );
 }
+
+/// A password with `#`, `/` or `?` unencoded, the `nats//` typo, or a stray
+/// character: `validate` refuses the URL as `run` and `check` would (it
+/// used to say "ok"), and no output of any of them quotes the password.
+#[test]
+fn urls_that_cannot_be_used_are_refused_everywhere_without_their_password() {
+    let port = free_port();
+    for url in [
+        format!("nats://alice:hunt#er2-xyzzy@127.0.0.1:{port}"),
+        format!("nats://alice:hunt/er2-xyzzy@127.0.0.1:{port}"),
+        format!("nats://alice:hunt?er2-xyzzy@127.0.0.1:{port}"),
+        format!("nats//alice:hunter2-xyzzy@127.0.0.1:{port}"),
+        format!("nats://alice:hunter2-xyzzy@127.0.0.1:{port};x"),
+    ] {
+        let cfg = Conf::new()
+            .connection("main", format!("nats: {{url: \"{url}\"}}"))
+            .probe("{name: a, inject: {nats: {connection: main, subject: s}}, catch: {nats: {connection: main, subject: s}}}")
+            .file();
+        for args in [&["validate"][..], &["check", "--count", "1"][..]] {
+            let out = Command::new(&*CHIRP)
+                .args(args)
+                .arg("-c")
+                .arg(&cfg.path)
+                .env("CHIRP_LOG", "trace")
+                .output()
+                .unwrap();
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(out.status.code(), Some(2), "{args:?} {url}:\n{all}");
+            assert!(
+                all.contains("is not a NATS server URL"),
+                "{args:?} {url}:\n{all}"
+            );
+            assert!(
+                !all.contains("er2-xyzzy"),
+                "{args:?} printed the password:\n{all}"
+            );
+        }
+    }
+}

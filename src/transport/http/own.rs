@@ -8,17 +8,26 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use std::sync::{Arc, RwLock};
 
-/// The leaf certificate (DER) the listener serves now.
+/// The leaf certificate (DER) the listener serves now, and the one before
+/// it (a handshake begun just before a reload still presents that one).
 #[derive(Debug, Default)]
-pub struct OwnCertificate(RwLock<Vec<u8>>);
+pub struct OwnCertificate(RwLock<[Vec<u8>; 2]>);
 
 impl OwnCertificate {
     pub fn set(&self, der: &[u8]) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = der.to_vec();
+        let mut leaves = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let current = std::mem::replace(&mut leaves[0], der.to_vec());
+        leaves[1] = current;
     }
 
     fn is(&self, der: &[u8]) -> bool {
-        !der.is_empty() && *self.0.read().unwrap_or_else(|p| p.into_inner()) == der
+        !der.is_empty()
+            && self
+                .0
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|l| l == der)
     }
 }
 
