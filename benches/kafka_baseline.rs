@@ -106,7 +106,7 @@ async fn chirp_loop(bootstrap: &str, topic: &str) {
     let mut rt = support::start_counted(&config, COUNT).await;
     rt.injection_done().await;
     rt.drain(Duration::from_secs(15)).await;
-    let snap = rt.probes[0].probe.snapshot(Instant::now());
+    let snap = rt.probes()[0].probe.snapshot(Instant::now());
     rt.shutdown().await;
     let (c, l, lag) = (
         snap.counts,

@@ -86,7 +86,7 @@ async fn chirp_loop(url: &str) {
     let mut rt = support::start_counted(&config, COUNT).await;
     rt.injection_done().await;
     rt.drain(Duration::from_secs(15)).await;
-    let snap = rt.probes[0].probe.snapshot(Instant::now());
+    let snap = rt.probes()[0].probe.snapshot(Instant::now());
     let c = snap.counts;
     assert!(c.invariant_holds());
     println!(

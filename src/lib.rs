@@ -3,9 +3,9 @@
 //! hands them out, and reports what happened to every one of them.
 //!
 //! Layers, imports pointing down only (`tests/layering.rs` checks it):
-//! `canary`, `outcome`, `stats`, `config::{secret, vars, limits, errors, tls, de}`
-//! → `transport` → `config` → `probe::ledger` → `probe` → `slo` → `report`
-//! → `export` → `runtime`, `server`, `cmd`.
+//! `canary`, `outcome`, `stats`, `version`, `config::{secret, vars, limits, errors, tls, de}`
+//! → `transport` → `config` → `probe::ledger` → `probe` → `slo`, `history`
+//! → `report` → `export` → `runtime`, `server`, `cmd`.
 #![forbid(unsafe_code)]
 // A panic is a crash at 3 a.m.: production code handles every error; only tests unwrap.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -16,6 +16,7 @@ pub mod canary;
 pub mod cmd;
 pub mod config;
 pub mod export;
+pub mod history;
 pub mod outcome;
 pub mod probe;
 pub mod report;
@@ -24,3 +25,5 @@ pub mod server;
 pub mod slo;
 pub mod stats;
 pub mod transport;
+pub mod version;
+pub use version::REVISION;

@@ -6,21 +6,26 @@
 
 use crate::canary::Signer;
 use crate::config::limits::SHUTDOWN_MARGIN;
-use crate::config::Config;
-use crate::export::catalogue::Sources;
+use crate::config::{Config, ProbeConfig};
+use crate::export::catalogue::{Live, ReloadStatus, Running, Sources};
 use crate::export::listener::ListenerStats;
 use crate::export::otlp::{ExportSetupError, Telemetry};
+use crate::history::History;
 use crate::outcome::Observer;
 use crate::probe::Probe;
 use crate::report::Watched;
 use crate::server::tls::{Tls, TlsError};
-use crate::server::{self, AppState};
+use crate::server::{self, AppState, ReloadRequest};
 use crate::slo::SloObserver;
-use crate::transport::{self, CatchSink, Connections, Context, SetupError};
+use crate::transport::{
+    self, CatchConfig, CatchSink, Connections, Context, InjectConfig, Need, SetupError,
+};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,6 +55,8 @@ pub struct Options {
     /// Fail when a target cannot be reached at start (`check`), instead of
     /// retrying in the background (`run`).
     pub fail_fast: bool,
+    /// Serve `POST /-/reload` (`run`).
+    pub reload: bool,
 }
 
 impl Options {
@@ -60,6 +67,7 @@ impl Options {
             count: None,
             duration: None,
             fail_fast: false,
+            reload: true,
         }
     }
 }
@@ -92,8 +100,17 @@ impl StartError {
 pub struct Runtime {
     /// The address the listener is bound to, if it runs.
     pub addr: Option<SocketAddr>,
-    pub probes: Vec<Watched>,
     pub run_id: u64,
+    /// The probes, in configuration order.
+    started: Vec<Started>,
+    /// What the exporters and the API read; replaced on reload.
+    live: Live,
+    /// The configuration running now.
+    config: Config,
+    /// What each named connection was connected for.
+    needs: BTreeMap<String, Need>,
+    ctx: Context,
+    opts: Options,
     /// No new canaries.
     inject_stop: CancellationToken,
     /// Catch loops and background watchers.
@@ -101,11 +118,69 @@ pub struct Runtime {
     /// Sends and confirmations still waiting give up.
     abort: CancellationToken,
     server_stop: CancellationToken,
-    injects: JoinSet<()>,
     tasks: TaskTracker,
     server: Option<JoinHandle<std::io::Result<()>>>,
     connections: Option<Connections>,
     telemetry: Option<Telemetry>,
+    /// The last reload's outcome, exported.
+    pub reload_status: Arc<ReloadStatus>,
+    /// Reloads asked for over HTTP (`run` only).
+    reloads: Option<mpsc::Receiver<ReloadRequest>>,
+}
+
+/// One probe as the runtime runs it.
+struct Started {
+    watched: Watched,
+    /// Ends its inject loop (a child of the runtime's).
+    inject_stop: CancellationToken,
+    /// Ends its catch loop and watchers (a child of the runtime's).
+    stop: CancellationToken,
+    /// Its inject loop.
+    inject: TaskTracker,
+}
+
+/// Why a configuration was not applied; nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{} cannot change while chirp runs (restart it to apply); nothing was changed", .0.join(", "))]
+    NeedsRestart(Vec<&'static str>),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+}
+
+/// What a reload did, by probe name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub unchanged: Vec<String>,
+    pub restarted: Vec<String>,
+    pub started: Vec<String>,
+    pub ended: Vec<String>,
+    /// Probes of the new file that could not start (each with its reason).
+    pub failed: Vec<String>,
+}
+
+impl std::fmt::Display for ReloadSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_owned()
+            } else {
+                v.join(", ")
+            }
+        };
+        write!(
+            f,
+            "restarted: {}; started: {}; ended: {}; unchanged: {}",
+            list(&self.restarted),
+            list(&self.started),
+            list(&self.ended),
+            list(&self.unchanged)
+        )?;
+        if !self.failed.is_empty() {
+            write!(f, "; could not start: {}", self.failed.join("; "))?;
+        }
+        Ok(())
+    }
 }
 
 impl Runtime {
@@ -166,113 +241,340 @@ impl Runtime {
             tasks: tasks.clone(),
             hooks: Arc::default(),
         };
-        let ends: Vec<_> = config
-            .probes
-            .iter()
-            .map(|p| (&p.inject, &p.catch))
-            .collect();
-        let connections = transport::connect(&config.connections, &ends, &ctx).await?;
+        let needs = transport::needs(&config.connections, &ends(config));
+        let connections = transport::connect_needed(&needs, &ctx).await?;
         // After the connections, so a broker that cannot be reached does not
         // leave exporters to stop.
-        let mut telemetry = config
+        let telemetry = config
             .otlp
             .as_ref()
             .map(|c| Telemetry::start(c, &config.environment))
             .transpose()?;
-        let mut probes = Vec::new();
-        for pc in &config.probes {
-            let inject = connections
-                .inject(&pc.inject, &pc.name, pc.publish_timeout, &ctx)
-                .await?;
-            let partitions = inject.lanes().map(|rx| rx.borrow().clone());
-            let slo = SloObserver::new(&pc.slo);
-            let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
-            if let Some(s) = &slo {
-                observers.push(Arc::clone(s) as Arc<dyn Observer>);
+        let live = Live::default();
+        let reload_status = Arc::new(ReloadStatus::default());
+        let (reload_tx, reloads) = match opts.reload {
+            true => {
+                let (tx, rx) = mpsc::channel(4);
+                (Some(tx), Some(rx))
             }
-            if let Some(t) = &mut telemetry {
-                observers.extend(t.observers(pc, partitions.is_some()));
-            }
-            let probe = Arc::new(Probe::new(
-                pc.clone(),
-                run_id,
-                ctx.signer.clone(),
-                partitions.as_deref(),
-                observers,
-                tasks.clone(),
-            ));
-            let sink: Arc<dyn CatchSink> = Arc::clone(&probe) as Arc<dyn CatchSink>;
-            let catch = connections.catch(&pc.catch, sink, &ctx).await?;
-            probe.attach(inject, catch);
-            probes.push(Watched { probe, slo });
-        }
-        let mut sources = Sources {
-            probes: probes.clone(),
-            otlp: Vec::new(),
-            links: connections.links(),
-            listener: listener_stats.clone(),
+            false => (None, None),
         };
-        if let Some(t) = &mut telemetry {
+        let mut rt = Runtime {
+            addr,
+            run_id,
+            started: Vec::new(),
+            live: live.clone(),
+            config: config.clone(),
+            needs,
+            ctx: ctx.clone(),
+            opts,
+            inject_stop: CancellationToken::new(),
+            stop,
+            abort: CancellationToken::new(),
+            server_stop: CancellationToken::new(),
+            tasks: tasks.clone(),
+            server: None,
+            connections: Some(connections),
+            telemetry,
+            reload_status: Arc::clone(&reload_status),
+            reloads,
+        };
+        let n = config.probes.len();
+        for (i, pc) in config.probes.iter().enumerate() {
+            let started = rt.start_probe(pc, run_id, i, n).await?;
+            rt.started.push(started);
+        }
+        rt.publish();
+        let mut sources = Sources {
+            live,
+            otlp: Vec::new(),
+            listener: listener_stats.clone(),
+            reload: reload_status,
+        };
+        if let Some(t) = &mut rt.telemetry {
             t.observe(sources.clone());
             sources.otlp = t.status.clone();
         }
-
-        let server_stop = CancellationToken::new();
-        let server = listener.map(|listener| {
-            let state = AppState::new(config.environment.clone(), config.prometheus, sources);
+        rt.server = listener.map(|listener| {
+            let state = AppState::new(
+                config.environment.clone(),
+                config.prometheus,
+                sources,
+                reload_tx,
+            );
             let app = server::router(state, transport::http::router(Arc::clone(&ctx.hooks)));
             if let Some(t) = &tls {
-                tasks.spawn(Arc::clone(t).watch(server_stop.clone()));
+                tasks.spawn(Arc::clone(t).watch(rt.server_stop.clone()));
             }
-            let stop = server_stop.clone();
+            let stop = rt.server_stop.clone();
             let hooks = Arc::clone(&ctx.hooks);
             let stats = listener_stats.clone().unwrap_or_default();
             tokio::spawn(async move {
                 server::listener::serve(listener, &listen, tls, app, hooks, stats, stop).await
             })
         });
+        Ok(rt)
+    }
 
-        let inject_stop = CancellationToken::new();
-        let abort = CancellationToken::new();
-        let mut injects = JoinSet::new();
-        let n = probes.len().max(1) as u32;
-        for (i, w) in probes.iter().enumerate() {
-            // Spread probes over their interval so they do not all send at once.
-            let phase = w.probe.config.interval * i as u32 / n;
-            injects.spawn(Arc::clone(&w.probe).inject_loop(
-                inject_stop.clone(),
-                abort.clone(),
-                phase,
-                opts.count,
-                opts.duration,
-            ));
-        }
-        Ok(Runtime {
-            addr,
-            probes,
+    /// Builds probe `pc` (the `index`-th of `of`) with its observers,
+    /// injector and catch side, and starts its inject loop.
+    async fn start_probe(
+        &mut self,
+        pc: &ProbeConfig,
+        run_id: u64,
+        index: usize,
+        of: usize,
+    ) -> Result<Started, SetupError> {
+        let stop = self.stop.child_token();
+        let ctx = Context {
             run_id,
+            stop: stop.clone(),
+            ..self.ctx.clone()
+        };
+        let connections = self.connections.get_or_insert_with(Connections::default);
+        let inject = connections
+            .inject(&pc.inject, &pc.name, pc.publish_timeout, &ctx)
+            .await
+            .inspect_err(|_| stop.cancel())?;
+        let partitions = inject.lanes().map(|rx| rx.borrow().clone());
+        let slo = SloObserver::new(&pc.slo, pc.interval);
+        let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
+        if let Some(s) = &slo {
+            observers.push(Arc::clone(s) as Arc<dyn Observer>);
+        }
+        let history = Arc::new(History::new());
+        observers.push(Arc::clone(&history) as Arc<dyn Observer>);
+        if let Some(t) = &mut self.telemetry {
+            observers.extend(t.observers(pc, partitions.is_some()));
+        }
+        let probe = Arc::new(Probe::new(
+            pc.clone(),
+            run_id,
+            ctx.signer.clone(),
+            partitions.as_deref(),
+            observers,
+            self.tasks.clone(),
+        ));
+        let sink: Arc<dyn CatchSink> = Arc::clone(&probe) as Arc<dyn CatchSink>;
+        let catch = connections
+            .catch(&pc.catch, sink, &ctx)
+            .await
+            .inspect_err(|_| stop.cancel())?;
+        probe.attach(inject, catch);
+        // Spread probes over their interval so they do not all send at once.
+        let phase = pc.interval * index as u32 / of.max(1) as u32;
+        let inject_stop = self.inject_stop.child_token();
+        let inject = TaskTracker::new();
+        inject.spawn(Arc::clone(&probe).inject_loop(
+            inject_stop.clone(),
+            self.abort.clone(),
+            phase,
+            self.opts.count,
+            self.opts.duration,
+        ));
+        inject.close();
+        Ok(Started {
+            watched: Watched {
+                probe,
+                slo,
+                history,
+            },
             inject_stop,
             stop,
-            abort,
-            server_stop,
-            injects,
-            tasks,
-            server,
-            connections: Some(connections),
-            telemetry,
+            inject,
         })
     }
 
+    /// Shows the exporters and the API what runs now.
+    fn publish(&self) {
+        self.live.set(Running {
+            probes: self.started.iter().map(|s| s.watched.clone()).collect(),
+            links: self
+                .connections
+                .as_ref()
+                .map(|c| c.links())
+                .unwrap_or_default(),
+        });
+    }
+
+    /// The probes running now, in configuration order.
+    pub fn probes(&self) -> Vec<Watched> {
+        self.started.iter().map(|s| s.watched.clone()).collect()
+    }
+
+    /// The configuration running now.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Where reloads asked for over HTTP (`POST /-/reload`) arrive (`run`
+    /// only; taken once).
+    pub fn reload_requests(&mut self) -> Option<mpsc::Receiver<ReloadRequest>> {
+        self.reloads.take()
+    }
+
+    /// Applies `new`: probes whose settings (or connection) are the same
+    /// keep running untouched (their ledgers, SLO state and clients);
+    /// changed ones end and start again; removed ones end; added ones start.
+    /// An ending probe sends no more canaries and keeps catching until those
+    /// in flight resolve (at most `shutdown_grace`). Settings that cannot
+    /// change while running (listener, keys, exports, environment) refuse the
+    /// whole file. A probe that cannot start is reported, the others run.
+    pub async fn reload(&mut self, new: &Config) -> Result<ReloadSummary, ReloadError> {
+        let old = &self.config;
+        let mut fixed = Vec::new();
+        if new.environment != old.environment {
+            fixed.push("environment");
+        }
+        if new.listen != old.listen {
+            fixed.push("listen");
+        }
+        if new.signing_key != old.signing_key
+            || new.previous_signing_keys != old.previous_signing_keys
+        {
+            fixed.push("signing_key");
+        }
+        if new.prometheus != old.prometheus || new.otlp != old.otlp {
+            fixed.push("export");
+        }
+        if !fixed.is_empty() {
+            return Err(ReloadError::NeedsRestart(fixed));
+        }
+        let needs = transport::needs(&new.connections, &ends(new));
+        // Connections to make anew: new ones, and those whose settings
+        // changed or that must now serve more than they were made for.
+        let reconnect: BTreeMap<String, Need> = needs
+            .iter()
+            .filter(|(name, need)| !self.needs.get(*name).is_some_and(|n| n.serves(need)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        // Old connections to close: replaced, or no longer used.
+        let retire_conns: Vec<String> = self
+            .needs
+            .keys()
+            .filter(|name| reconnect.contains_key(*name) || !needs.contains_key(*name))
+            .cloned()
+            .collect();
+        let fresh = transport::connect_needed(&reconnect, &self.ctx).await?;
+
+        let uses = |pc: &ProbeConfig, names: &[String]| {
+            [
+                pc.inject.end().connection,
+                pc.catch.end(&pc.name).connection,
+            ]
+            .into_iter()
+            .flatten()
+            .any(|c| names.contains(&c))
+        };
+        let mut summary = ReloadSummary::default();
+        let mut keep = Vec::new();
+        let mut ending = Vec::new();
+        for s in std::mem::take(&mut self.started) {
+            let c = &s.watched.probe.config;
+            match new.probes.iter().find(|p| p.name == c.name) {
+                Some(pc) if pc == c && !uses(c, &retire_conns) => {
+                    summary.unchanged.push(c.name.clone());
+                    keep.push(s);
+                }
+                Some(_) => {
+                    summary.restarted.push(c.name.clone());
+                    ending.push(s);
+                }
+                None => {
+                    summary.ended.push(c.name.clone());
+                    ending.push(s);
+                }
+            }
+        }
+        self.started = keep;
+        let grace = new.shutdown_grace;
+        self.retire(ending, grace).await;
+        let old_conns = self
+            .connections
+            .get_or_insert_with(Connections::default)
+            .take(&retire_conns);
+        old_conns.close().await;
+        self.connections
+            .get_or_insert_with(Connections::default)
+            .add(fresh);
+        for name in &retire_conns {
+            self.needs.remove(name);
+        }
+        self.needs.extend(reconnect);
+
+        let n = new.probes.len();
+        let mut order: Vec<Started> = Vec::with_capacity(n);
+        let mut kept = std::mem::take(&mut self.started);
+        for (i, pc) in new.probes.iter().enumerate() {
+            if let Some(at) = kept
+                .iter()
+                .position(|s| s.watched.probe.config.name == pc.name)
+            {
+                order.push(kept.swap_remove(at));
+                continue;
+            }
+            // A probe started by a reload has a run id of its own: canaries
+            // of the probe it replaces, still in the pipeline, count as
+            // another run's (`foreign`), never as its own.
+            match self.start_probe(pc, rand::random(), i, n).await {
+                Ok(s) => {
+                    if !summary.restarted.contains(&pc.name) {
+                        summary.started.push(pc.name.clone());
+                    }
+                    order.push(s);
+                }
+                Err(e) => {
+                    summary.restarted.retain(|r| *r != pc.name);
+                    summary
+                        .failed
+                        .push(format!("{}: {}", pc.name, transport::chain(&e)));
+                }
+            }
+        }
+        self.started = order;
+        self.config = new.clone();
+        self.publish();
+        Ok(summary)
+    }
+
+    /// Ends `probes`: no new canaries, then catching until those in flight
+    /// resolve (expired ones are lost) for at most `grace`, then their
+    /// catch sides stop.
+    async fn retire(&mut self, probes: Vec<Started>, grace: Duration) {
+        if probes.is_empty() {
+            return;
+        }
+        let give_up = Instant::now() + grace;
+        for s in &probes {
+            s.inject_stop.cancel();
+        }
+        for s in &probes {
+            let _ = tokio::time::timeout_at(give_up, s.inject.wait()).await;
+        }
+        let watched: Vec<Watched> = probes.iter().map(|s| s.watched.clone()).collect();
+        let left = drain_until(&watched, give_up).await;
+        if left > 0 {
+            tracing::warn!(
+                in_flight = left,
+                "Probes ended by the reload still had canaries in flight after shutdown_grace; they are not counted."
+            );
+        }
+        for s in &probes {
+            s.stop.cancel();
+        }
+    }
     /// Waits until every probe's catch side listens and its schedule has started.
     pub async fn ready(&self) {
-        for w in &self.probes {
-            w.probe.ready().await;
+        for s in &self.started {
+            s.watched.probe.ready().await;
         }
     }
 
     /// Waits until every inject loop has ended (its count or duration reached).
     pub async fn injection_done(&mut self) {
-        while self.injects.join_next().await.is_some() {}
+        for s in &self.started {
+            s.inject.wait().await;
+        }
     }
 
     /// Stops sending new canaries.
@@ -301,24 +603,7 @@ impl Runtime {
         let give_up = Instant::now() + grace;
         self.stop_injecting();
         let _ = tokio::time::timeout_at(give_up, self.injection_done()).await;
-        loop {
-            let now = Instant::now();
-            let in_flight: u64 = self.probes.iter().map(|w| w.probe.expire(now)).sum();
-            if in_flight == 0 || now >= give_up {
-                return in_flight;
-            }
-            // Re-check often: catches resolve canaries at any moment, and the
-            // earliest deadline bounds the wait for the rest.
-            let next = self
-                .probes
-                .iter()
-                .filter_map(|w| w.probe.next_expiry())
-                .min()
-                .unwrap_or(give_up)
-                .min(give_up)
-                .min(now + Duration::from_millis(10));
-            tokio::time::sleep_until(next).await;
-        }
+        drain_until(&self.probes(), give_up).await
     }
 
     /// Stops everything (injecting, catching, the listener, exporters,
@@ -358,7 +643,6 @@ impl Runtime {
                 "Some tasks did not stop within {}; going on without them.",
                 humantime::format_duration(SHUTDOWN_MARGIN / 2)
             );
-            self.injects.abort_all();
             if let Some(s) = self.server.take() {
                 s.abort();
             }
@@ -373,6 +657,37 @@ impl Runtime {
                 tracing::warn!("The broker clients did not close in time; exiting anyway.");
             }
         }
+    }
+}
+
+/// The probes' inject and catch settings, for the connections they use.
+fn ends(config: &Config) -> Vec<(&InjectConfig, &CatchConfig)> {
+    config
+        .probes
+        .iter()
+        .map(|p| (&p.inject, &p.catch))
+        .collect()
+}
+
+/// Waits until none of `probes` has a canary in flight, declaring expired
+/// ones lost, until `give_up`. Returns how many were still in flight.
+async fn drain_until(probes: &[Watched], give_up: Instant) -> u64 {
+    loop {
+        let now = Instant::now();
+        let in_flight: u64 = probes.iter().map(|w| w.probe.expire(now)).sum();
+        if in_flight == 0 || now >= give_up {
+            return in_flight;
+        }
+        // Re-check often: catches resolve canaries at any moment, and the
+        // earliest deadline bounds the wait for the rest.
+        let next = probes
+            .iter()
+            .filter_map(|w| w.probe.next_expiry())
+            .min()
+            .unwrap_or(give_up)
+            .min(give_up)
+            .min(now + Duration::from_millis(10));
+        tokio::time::sleep_until(next).await;
     }
 }
 

@@ -69,7 +69,7 @@ async fn relay_faults<T: Target>() {
         0,
         "every canary resolves within its deadline"
     );
-    let snap = rt.probes[0].probe.snapshot(Instant::now());
+    let snap = rt.probes()[0].probe.snapshot(Instant::now());
     let c = snap.counts;
     assert!(c.invariant_holds(), "{c:?}");
     assert_eq!(c.sent, COUNT);
@@ -97,11 +97,14 @@ async fn relay_faults<T: Target>() {
         d(l.p90)
     );
     assert!(d(l.min) >= FAST, "min {:?}", d(l.min));
-    let watched = rt.probes[0].clone();
+    let watched = rt.probes()[0].clone();
     rt.shutdown().await;
     relay.abort();
     // The SLO engine heard of every resolution exactly once.
-    let slo = watched.slo.expect("an SLO").state(Instant::now());
+    let slo = watched
+        .slo
+        .expect("an SLO")
+        .state(Instant::now(), watched.probe.lanes().len());
     assert_eq!(slo.totals.events, COUNT, "{:?}", slo.totals);
     assert_eq!(slo.totals.delivery_good, COUNT - 4, "{:?}", slo.totals);
 }

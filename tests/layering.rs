@@ -9,6 +9,7 @@ use std::path::Path;
 
 /// (module, rank), most specific first where modules nest.
 const RANKS: &[(&str, u32)] = &[
+    ("version", 0),
     ("canary", 0),
     ("outcome", 0),
     ("stats", 0),
@@ -23,6 +24,7 @@ const RANKS: &[(&str, u32)] = &[
     ("probe::ledger", 5),
     ("probe", 6),
     ("slo", 7),
+    ("history", 7),
     ("report", 8),
     ("export", 9),
     ("server", 10),

@@ -8,7 +8,8 @@
 
 use chirp::canary::Signer;
 use chirp::config::listen::Limits;
-use chirp::export::catalogue::Sources;
+use chirp::export::catalogue::{Live, Running, Sources};
+use chirp::history::History;
 use chirp::export::listener::ListenerStats;
 use chirp::probe::Probe;
 use chirp::report::Watched;
@@ -58,15 +59,23 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
         unreachable!("the probe catches webhooks")
     };
     let sink: Arc<dyn CatchSink> = Arc::clone(&probe) as Arc<dyn CatchSink>;
-    let _ = transport::http::catch::start(catch, sink, &ctx);
+    // The receiver watches its stop token on a task of its own.
+    let _ = {
+        let _in = rt.enter();
+        transport::http::catch::start(catch, sink, &ctx)
+    };
     let sources = Sources {
-        probes: vec![Watched {
-            probe: Arc::clone(&probe),
-            slo: None,
-        }],
+        live: Live::new(Running {
+            probes: vec![Watched {
+                probe: Arc::clone(&probe),
+                slo: None,
+                history: Arc::new(History::new()),
+            }],
+            links: Vec::new(),
+        }),
         ..Sources::default()
     };
-    let state = AppState::new("fuzz".into(), true, sources);
+    let state = AppState::new("fuzz".into(), true, sources, None);
     let router = server::router(state, transport::http::router(Arc::clone(&ctx.hooks)));
     Harness {
         rt,

@@ -96,6 +96,7 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
         count: args.count,
         duration: args.duration,
         fail_fast: true,
+        reload: false,
     };
     let mut rt = match Runtime::start(&config, opts).await {
         Ok(rt) => rt,
@@ -122,7 +123,7 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
     }
     // Reports are read once nothing runs any more: every observer has heard
     // of every resolution, so SLO totals and counts agree.
-    let probes = rt.probes.clone();
+    let probes = rt.probes();
     rt.shutdown().await;
     let now = Instant::now();
     let reports: Vec<ProbeReport> = probes.iter().map(|w| ProbeReport::of(w, now)).collect();
@@ -161,7 +162,7 @@ fn progress_bar(
         return None;
     }
     let probes: Vec<_> = rt
-        .probes
+        .probes()
         .iter()
         .map(|w| std::sync::Arc::clone(&w.probe))
         .collect();

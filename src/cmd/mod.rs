@@ -31,7 +31,7 @@ impl Exit {
 #[derive(Parser)]
 #[command(
     name = "chirp",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (rev ", env!("CHIRP_BUILD_REVISION"), ")"),
     about = "Synthetic heartbeat and latency prober for event pipelines"
 )]
 pub struct Cli {

@@ -1,6 +1,7 @@
 //! `chirp run`: probe until SIGTERM or SIGINT, then stop injecting, let the
 //! canaries in flight resolve for up to `shutdown_grace`, flush exporters
-//! and exit 0. A listener that fails ends it with an error.
+//! and exit 0. SIGHUP and `POST /-/reload` reload the configuration file
+//! (`Runtime::reload`). A listener that fails ends it with an error.
 
 use super::{load, Common, Exit};
 use crate::runtime::{Options, Runtime};
@@ -44,24 +45,31 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
             "Probe started."
         );
     }
+    let mut reloads = rt.reload_requests();
     loop {
         tokio::select! {
             stop = signals.next() => match stop {
                 Signal::Stop => break,
-                Signal::Hangup => tracing::warn!(
-                    "SIGHUP: reloading the configuration is not supported yet; going on with the one loaded at start."
-                ),
+                Signal::Hangup => {
+                    tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration.");
+                    let _ = reload(&mut rt, path).await;
+                }
             },
+            Some(done) = next(&mut reloads) => {
+                tracing::info!(config = %path.display(), "POST /-/reload: reloading the configuration.");
+                let _ = done.send(reload(&mut rt, path).await);
+            }
             why = rt.listener_failed() => {
                 rt.shutdown().await;
                 anyhow::bail!("the HTTP listener on {listen} stopped: {why}");
             }
         }
     }
-    tracing::info!(grace = %humantime::format_duration(config.shutdown_grace), "Stopping: no new canaries; waiting for those in flight (a second signal stops at once).");
+    let grace = rt.config().shutdown_grace;
+    tracing::info!(grace = %humantime::format_duration(grace), "Stopping: no new canaries; waiting for those in flight (a second signal stops at once).");
     let left = loop {
         tokio::select! {
-            left = rt.drain(config.shutdown_grace) => break left,
+            left = rt.drain(grace) => break left,
             s = signals.next() => if s == Signal::Stop {
                 tracing::warn!("Second signal: stopping at once; canaries in flight are not counted and exporters are not flushed.");
                 return Ok(Exit::Ok);
@@ -77,6 +85,63 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
     rt.shutdown().await;
     tracing::info!("Stopped.");
     Ok(Exit::Ok)
+}
+
+/// The next reload asked for over HTTP; pending forever when none can be.
+async fn next<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads `path` again and applies it. A file with mistakes changes
+/// nothing; every mistake is logged. Returns what to answer `POST /-/reload`.
+async fn reload(rt: &mut Runtime, path: &std::path::Path) -> Result<String, String> {
+    let status = std::sync::Arc::clone(&rt.reload_status);
+    let config = match crate::config::load_file(path, &crate::config::ProcessEnv) {
+        Ok(c) => c,
+        Err(errors) => {
+            status.failed();
+            for e in &errors.errors {
+                tracing::error!(config = %path.display(), "Reload refused, nothing changed: {e}");
+            }
+            return Err(errors.to_string());
+        }
+    };
+    match rt.reload(&config).await {
+        Ok(summary) => {
+            for p in summary.started.iter().chain(&summary.restarted) {
+                if let Some(pc) = config.probes.iter().find(|c| c.name == *p) {
+                    tracing::info!(
+                        probe = %pc.name,
+                        inject = pc.inject.system(),
+                        catch = pc.catch.system(),
+                        interval = %humantime::format_duration(pc.interval),
+                        deadline = %humantime::format_duration(pc.deadline),
+                        "Probe started."
+                    );
+                }
+            }
+            if summary.failed.is_empty() {
+                status.succeeded();
+                tracing::info!(config = %path.display(), "Configuration reloaded: {summary}.");
+                Ok(format!("reloaded: {summary}\n"))
+            } else {
+                status.failed();
+                tracing::error!(config = %path.display(), "Configuration reloaded, but not every probe could start: {summary}.");
+                Err(format!(
+                    "reloaded, but not every probe could start: {summary}\n"
+                ))
+            }
+        }
+        Err(e) => {
+            status.failed();
+            let text = crate::transport::chain(&e);
+            tracing::error!(config = %path.display(), "Reload refused: {text}");
+            Err(format!("{}: {text}\n", path.display()))
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,6 +6,7 @@
 //! touches the network, and the YAML crate is used only inside this module.
 //! The transports' own settings are their types (`transport::*::config`).
 
+pub mod alerts;
 pub mod de;
 pub mod errors;
 pub mod limits;
@@ -52,6 +53,8 @@ pub struct Config {
     /// Named broker clients, shared by every probe that names them.
     pub connections: BTreeMap<String, ConnectionConfig>,
     pub probes: Vec<ProbeConfig>,
+    /// What `chirp rules` adds to its alerts, and the self-monitoring thresholds.
+    pub alerts: alerts::AlertsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -271,6 +274,7 @@ struct RawTop {
     connections: Option<BTreeMap<String, Value>>,
     export: Option<Value>,
     probes: Option<Value>,
+    alerts: Option<Value>,
 }
 
 #[derive(Default, Deserialize)]
@@ -414,6 +418,7 @@ fn read(root: &Value, env: &dyn Env, p: &mut Problems) -> Option<Config> {
         .max()
         .unwrap_or(0);
     let listen = listen::read(top.listen.as_ref(), largest_hook, p);
+    let alerts = alerts::read(top.alerts.as_ref(), p);
     Some(Config {
         environment,
         listen: listen?,
@@ -424,6 +429,7 @@ fn read(root: &Value, env: &dyn Env, p: &mut Problems) -> Option<Config> {
         otlp,
         connections,
         probes: probes?,
+        alerts: alerts?,
     })
 }
 

@@ -480,3 +480,40 @@ fn previous_signing_keys_are_checked_and_empty_ones_skipped() {
         "{e:?}"
     );
 }
+
+#[test]
+fn alerts_take_labels_a_runbook_and_thresholds_within_bounds() {
+    let probes = "probes:\n  - {name: a, inject: {http: {url: /hooks/a}}, catch: {http: {}}}\n";
+    let c = load_str(
+        &format!("signing_key: ${{KEY}}\nalerts:\n  labels: {{team: payments}}\n  runbook_url: https://runbooks.example.com/chirp/\n  silent_intervals: 20\n  absent_for: 10m\n{probes}"),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.alerts.labels.get("team").map(String::as_str),
+        Some("payments")
+    );
+    assert_eq!(
+        c.alerts.runbook_url.as_deref(),
+        Some("https://runbooks.example.com/chirp")
+    );
+    assert_eq!(c.alerts.silent_intervals, 20);
+    assert_eq!(c.alerts.absent_for, Duration::from_secs(600));
+    assert_eq!(c.alerts.disconnected_for, Duration::from_secs(300));
+    let e = errors(&format!(
+        "signing_key: ${{KEY}}\nalerts:\n  labels: {{severity: low, 9lives: x, __x: y}}\n  runbook_url: ftp://x\n  silent_intervals: 1\n  absent_for: 10s\n{probes}"
+    ));
+    for expected in [
+        "alerts.labels.severity: is set by `chirp rules` itself",
+        "alerts.labels.9lives: is not a Prometheus label name",
+        "alerts.labels.__x: is not a Prometheus label name",
+        "alerts.runbook_url: must be an http:// or https:// URL",
+        "alerts.silent_intervals: must be between 2 and 10000",
+        "alerts.absent_for: must be between 1m and 1d",
+    ] {
+        assert!(
+            e.iter().any(|x| x.starts_with(expected)),
+            "{expected} not in {e:#?}"
+        );
+    }
+}

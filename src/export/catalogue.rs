@@ -46,10 +46,11 @@ pub enum Group {
     Transport,
     Listener,
     Export,
+    Config,
 }
 
 impl Group {
-    pub const ALL: [Group; 8] = [
+    pub const ALL: [Group; 9] = [
         Group::Outcomes,
         Group::Observations,
         Group::Latency,
@@ -58,6 +59,7 @@ impl Group {
         Group::Transport,
         Group::Listener,
         Group::Export,
+        Group::Config,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +72,7 @@ impl Group {
             Group::Transport => "transport",
             Group::Listener => "listener",
             Group::Export => "export",
+            Group::Config => "config",
         }
     }
 }
@@ -115,6 +118,8 @@ pub enum Read {
     ListenerRejected,
     /// Connections open on chirp's listener.
     ListenerOpen,
+    /// The last configuration reload: (successful, Unix time of the last success).
+    Reload(fn((bool, f64)) -> f64),
 }
 
 pub struct Metric {
@@ -208,8 +213,12 @@ pub const CATALOGUE: &[Metric] = &[
         "The objective, as a ratio (0.999 for 99.9%)."),
     metric!(Slo, "chirp_slo_compliance_ratio", Some("chirp.slo.compliance"), Gauge, "1", SLI, Read::Sli(|x| x.compliance),
         "Good / resolved canaries over the SLO period, in this process (1 before any resolved)."),
+    metric!(Slo, "chirp_slo_error_budget_canaries", Some("chirp.slo.error_budget.allowance"), Gauge, "{canary}", SLI, Read::Sli(|x| x.error_budget_canaries),
+        "Canaries that may fail over the SLO period: (1 - objective) x period / interval, for every lane (partition)."),
+    metric!(Slo, "chirp_slo_error_budget_spent_canaries", Some("chirp.slo.error_budget.spent"), Gauge, "{canary}", SLI, Read::Sli(|x| x.error_budget_spent as f64),
+        "Canaries bad for the SLI over the SLO period, in this process."),
     metric!(Slo, "chirp_slo_error_budget_remaining_ratio", Some("chirp.slo.error_budget.remaining"), Gauge, "1", SLI, Read::Sli(|x| x.error_budget_remaining),
-        "Share of the period's error budget left, 1 - (bad share / allowed bad share); negative when overspent."),
+        "Share of the period's canary allowance not yet spent: 1 - spent / allowance; negative when overspent."),
     metric!(Slo, "chirp_slo_burn_rate", Some("chirp.slo.burn_rate"), Gauge, "", BURN, Read::BurnRate,
         "Bad share over the window (5m, 30m, 1h, 6h, 1d, 3d) divided by the allowed bad share; 1 spends the budget exactly over the period."),
     metric!(Slo, "chirp_slo_slice_compliance_ratio", Some("chirp.slo.slice_compliance"), Gauge, "1", NONE, Read::Slo(|s| Some(s.state.slice_compliance)),
@@ -218,12 +227,14 @@ pub const CATALOGUE: &[Metric] = &[
         "The latency SLI's threshold (also an exact bucket bound of chirp_latency_seconds)."),
     metric!(Probe, "chirp_probe_up", Some("chirp.probe.up"), Gauge, "", NONE, Read::Lane(|r| if r.up { 1.0 } else { 0.0 }),
         "1 when the probe's inject and catch clients are connected."),
+    metric!(Probe, "chirp_last_caught_timestamp_seconds", Some("chirp.last_caught.timestamp"), Gauge, "s", NONE, Read::Lane(|r| r.last_caught),
+        "Unix time of the last catch of one of the probe's canaries (delivered, late or duplicate); the probe's start until the first."),
     metric!(Probe, "chirp_probe_interval_seconds", Some("chirp.probe.interval"), Gauge, "s", NONE, Read::Lane(|r| r.interval),
         "Configured time between canaries."),
     metric!(Probe, "chirp_probe_deadline_seconds", Some("chirp.probe.deadline"), Gauge, "s", NONE, Read::Lane(|r| r.deadline),
         "Configured deadline after which an uncaught canary is lost."),
-    metric!(Probe, "chirp_build_info", None, Info, "", &[("version", "service.version")], Read::Build,
-        "chirp's version (in OTLP, the resource attribute service.version)."),
+    metric!(Probe, "chirp_build_info", None, Info, "", &[("version", "service.version"), ("revision", "chirp.revision")], Read::Build,
+        "chirp's version and source revision (in OTLP, the resource attributes service.version and chirp.revision); 1 while chirp is scraped, so its absence means chirp is down."),
     metric!(Transport, "chirp_transport_reconnects_total", Some("chirp.transport.reconnects"), Counter, "{reconnect}", &[("connection", "connection"), ("role", "role")], Read::Reconnects,
         "Times a client connection was lost (chirp reconnects, or is reconnecting), by named connection and role: NATS has a client for injects and one for catches; a Kafka connection counts as one client."),
     metric!(Listener, "chirp_http_requests_rejected_total", Some("chirp.http.requests.rejected"), Counter, "{request}", &[("reason", "reason")], Read::ListenerRejected,
@@ -234,6 +245,10 @@ pub const CATALOGUE: &[Metric] = &[
         "OTLP export attempts, by signal (metrics, traces); only while OTLP export is on."),
     metric!(Export, "chirp_otlp_export_failures_total", Some("chirp.otlp.export.failures"), Counter, "{export}", &[("signal", "signal")], Read::Exports { failures: true },
         "OTLP exports that failed (collector unreachable, slow or refusing), by signal."),
+    metric!(Config, "chirp_config_last_reload_successful", Some("chirp.config.last_reload.successful"), Gauge, "", NONE, Read::Reload(|(ok, _)| if ok { 1.0 } else { 0.0 }),
+        "1 when the last configuration load (the start, SIGHUP or POST /-/reload) succeeded, 0 when the file on disk is not what runs."),
+    metric!(Config, "chirp_config_last_reload_success_timestamp_seconds", Some("chirp.config.last_reload.success_timestamp"), Gauge, "s", NONE, Read::Reload(|(_, at)| at),
+        "Unix time of the last successful configuration load."),
 ];
 
 /// One lane's numbers at one collection.
@@ -252,6 +267,8 @@ pub struct LaneRow {
     pub up: bool,
     pub interval: f64,
     pub deadline: f64,
+    /// Unix seconds of the lane's last catch (its start until the first).
+    pub last_caught: f64,
 }
 
 /// One probe's SLO state at one collection.
@@ -265,6 +282,10 @@ pub struct SloRow {
 /// probe, so the invariant holds within a collection.
 #[derive(Default)]
 pub struct Rows {
+    /// The probes read, in the order `probe` indices refer to.
+    pub probes: Vec<Watched>,
+    /// (last reload successful, its Unix time).
+    pub reload: (bool, f64),
     pub lanes: Vec<LaneRow>,
     pub slos: Vec<SloRow>,
     /// (signal, exports, failures).
@@ -275,28 +296,101 @@ pub struct Rows {
     pub listener: Option<(Vec<(Rejection, u64)>, u64)>,
 }
 
-/// Everything the exporters read: the probes (with their SLO engines), the
-/// OTLP exporters' counts and the client connections' records.
+/// What runs now: the probes (with their SLO engines) and the client
+/// connections' records. A reload replaces it as a whole.
+#[derive(Debug, Clone, Default)]
+pub struct Running {
+    pub probes: Vec<Watched>,
+    pub links: Vec<Arc<LinkStatus>>,
+}
+
+/// The running set, shared by the runtime and every reader.
+#[derive(Debug, Clone, Default)]
+pub struct Live(Arc<std::sync::RwLock<Arc<Running>>>);
+
+impl Live {
+    pub fn new(running: Running) -> Live {
+        Live(Arc::new(std::sync::RwLock::new(Arc::new(running))))
+    }
+
+    /// What runs now (one consistent set for a whole collection).
+    pub fn get(&self) -> Arc<Running> {
+        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn set(&self, running: Running) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(running);
+    }
+}
+
+/// The outcome of the last configuration reload, as Prometheus reports its
+/// own (`prometheus_config_last_reload_successful`).
+#[derive(Debug)]
+pub struct ReloadStatus {
+    ok: std::sync::atomic::AtomicBool,
+    /// Unix seconds (f64 bits) of the last successful load (the start, before any reload).
+    at: std::sync::atomic::AtomicU64,
+}
+
+impl Default for ReloadStatus {
+    fn default() -> Self {
+        let s = ReloadStatus {
+            ok: std::sync::atomic::AtomicBool::new(true),
+            at: std::sync::atomic::AtomicU64::new(0),
+        };
+        s.succeeded();
+        s
+    }
+}
+
+impl ReloadStatus {
+    pub fn succeeded(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.at.store(now.to_bits(), Relaxed);
+        self.ok.store(true, Relaxed);
+    }
+
+    pub fn failed(&self) {
+        self.ok.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// (last reload successful, Unix seconds of the last success).
+    pub fn read(&self) -> (bool, f64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.ok.load(Relaxed), f64::from_bits(self.at.load(Relaxed)))
+    }
+}
+
+/// Everything the exporters read: what runs, the OTLP exporters' counts,
+/// the listener's and the configuration's state.
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
-    pub probes: Vec<Watched>,
+    pub live: Live,
     pub otlp: Vec<Arc<SignalStatus>>,
-    pub links: Vec<Arc<LinkStatus>>,
     /// chirp's own listener, when it runs.
     pub listener: Option<Arc<ListenerStats>>,
+    pub reload: Arc<ReloadStatus>,
 }
 
 impl Rows {
     /// Reads every source.
     pub fn read(src: &Sources, now: Instant) -> Rows {
-        let mut rows = Rows::default();
-        for (i, w) in src.probes.iter().enumerate() {
+        let running = src.live.get();
+        let mut rows = Rows {
+            probes: running.probes.clone(),
+            reload: src.reload.read(),
+            ..Rows::default()
+        };
+        for (i, w) in running.probes.iter().enumerate() {
             let p = &w.probe;
             let up = p.is_up();
             if let Some(slo) = &w.slo {
                 rows.slos.push(SloRow {
                     probe: i,
-                    state: slo.state(now),
+                    state: slo.state(now, p.lanes().len()),
                     threshold: p.config.slo.latency.map(|l| l.threshold.as_secs_f64()),
                 });
             }
@@ -314,6 +408,9 @@ impl Rows {
                     up,
                     interval: p.config.interval.as_secs_f64(),
                     deadline: p.config.deadline.as_secs_f64(),
+                    last_caught: crate::canary::wall(l.last_caught())
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64()),
                 });
             }
         }
@@ -325,7 +422,7 @@ impl Rows {
                 (s.signal, exports, failures)
             })
             .collect();
-        rows.links = src
+        rows.links = running
             .links
             .iter()
             .map(|l| (l.connection.clone(), l.role, l.reconnects()))
@@ -475,6 +572,12 @@ impl Metric {
                     });
                 }
             }
+            Read::Reload(pick) => out.push(Sample {
+                labels: vec![],
+                probe: None,
+                lane: None,
+                value: Value::Float(pick(rows.reload)),
+            }),
             Read::Histogram(_) | Read::Build => {}
         }
         out

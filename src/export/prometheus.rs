@@ -16,27 +16,16 @@ type Labels = Vec<(&'static str, String)>;
 #[derive(Debug)]
 struct Exposition {
     src: Sources,
-    /// `probe`, `environment`, `inject`, `catch`, per probe.
-    labels: Vec<Labels>,
+    environment: String,
 }
 
 /// The registry behind `/metrics`.
 pub fn registry(environment: &str, src: Sources) -> Registry {
-    let labels = src
-        .probes
-        .iter()
-        .map(|w| {
-            let c = &w.probe.config;
-            vec![
-                ("probe", c.name.clone()),
-                ("environment", environment.to_owned()),
-                ("inject", c.inject.system().to_owned()),
-                ("catch", c.catch.system().to_owned()),
-            ]
-        })
-        .collect();
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Exposition { src, labels }));
+    registry.register_collector(Box::new(Exposition {
+        src,
+        environment: environment.to_owned(),
+    }));
     registry
 }
 
@@ -49,10 +38,22 @@ pub fn render(registry: &Registry) -> String {
 }
 
 impl Exposition {
-    fn labels_of(&self, s: &Sample, extra: &[(&'static str, &'static str)]) -> Labels {
-        let mut l = match s.probe {
-            Some(i) => self.labels[i].clone(),
-            None => Vec::new(),
+    /// `probe`, `environment`, `inject`, `catch` of the probe `s` belongs
+    /// to (`partition` in per-partition mode), then `extra`.
+    fn labels_of(&self, rows: &Rows, s: &Sample, extra: &[(&'static str, &'static str)]) -> Labels {
+        let mut l = match s.probe.and_then(|i| rows.probes.get(i)) {
+            Some(w) => {
+                let c = &w.probe.config;
+                vec![
+                    ("probe", c.name.clone()),
+                    ("environment", self.environment.clone()),
+                    ("inject", c.inject.system().to_owned()),
+                    ("catch", c.catch.system().to_owned()),
+                ]
+            }
+            // chirp's own metrics (listener, exports, reload): the
+            // environment tells two chirps apart in one Prometheus.
+            None => vec![("environment", self.environment.clone())],
         };
         if let Some((lane, true)) = s.lane {
             l.push(("partition", lane.id.to_string()));
@@ -92,14 +93,18 @@ impl Collector for Exposition {
                             value: Value::Int(0),
                         };
                         let b = &r.buckets[i];
-                        let labels = self.labels_of(&s, &[]);
+                        let labels = self.labels_of(&rows, &s, &[]);
                         f.encode_family(&labels)?
                             .encode_histogram::<NoLabelSet>(b.sum, b.count, &b.counts, None)?;
                     }
                 }
                 Read::Build => {
                     let mut f = enc.encode_descriptor(name, m.help, None, MetricType::Info)?;
-                    f.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
+                    f.encode_info(&[
+                        ("version", env!("CARGO_PKG_VERSION")),
+                        ("revision", crate::version::REVISION),
+                        ("environment", self.environment.as_str()),
+                    ])?;
                 }
                 _ => {
                     let samples = m.samples(&rows);
@@ -112,7 +117,7 @@ impl Collector for Exposition {
                     };
                     let mut f = enc.encode_descriptor(name, m.help, None, kind)?;
                     for s in &samples {
-                        let labels = self.labels_of(s, m.labels);
+                        let labels = self.labels_of(&rows, s, m.labels);
                         let mut e = f.encode_family(&labels)?;
                         match (m.kind, &s.value) {
                             (Kind::Counter, Value::Int(v)) => {

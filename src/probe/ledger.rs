@@ -53,6 +53,8 @@ pub struct Ledger {
     /// Lowest sequence that may still be in flight.
     expire_cursor: u64,
     highest_delivered: Option<u64>,
+    /// The last catch of one of this lane's canaries (the ledger's creation until the first).
+    last_caught: Instant,
     counts: Counts,
     pub e2e: LatencyStats,
     pub publish: LatencyStats,
@@ -82,6 +84,7 @@ impl Ledger {
             next_seq: 0,
             expire_cursor: 0,
             highest_delivered: None,
+            last_caught: start,
             counts: Counts::default(),
             e2e: LatencyStats::new(deadline, thresholds, start),
             publish: LatencyStats::new(deadline, &[], start),
@@ -196,6 +199,7 @@ impl Ledger {
             self.counts.rejected += 1;
             return Arrival::NeverSent;
         }
+        self.last_caught = self.last_caught.max(now);
         let intended = self.intended(seq);
         let deadline = self.deadline;
         let highest = self.highest_delivered;
@@ -282,6 +286,12 @@ impl Ledger {
 
     pub fn counts(&self) -> Counts {
         self.counts
+    }
+
+    /// When one of this lane's canaries was last caught; the ledger's
+    /// creation until the first.
+    pub fn last_caught(&self) -> Instant {
+        self.last_caught
     }
 
     pub fn snapshot(&mut self, now: Instant) -> Snapshot {

@@ -19,6 +19,17 @@ use tokio_util::task::TaskTracker;
 
 /// How long a probe waits for its catch side before its schedule starts anyway.
 const READY_WAIT: Duration = Duration::from_secs(2);
+/// The longest error text kept as a probe's last publish failure.
+const FAILURE_TEXT_MAX: usize = 512;
+
+/// A probe's last publish failure, for the status page: its kind, the
+/// error as the debug log states it (no secret reaches either), and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishFailure {
+    pub kind: FailureKind,
+    pub error: String,
+    pub at: Instant,
+}
 
 /// One sequence of canaries with its own ledger: the whole probe, or one
 /// Kafka partition in per-partition mode.
@@ -54,6 +65,7 @@ pub struct Probe {
     catch: OnceLock<Arc<dyn CatchHandle>>,
     /// Publish confirmations run here, so shutdown can wait for them.
     tasks: TaskTracker,
+    last_failure: Mutex<Option<PublishFailure>>,
 }
 
 impl std::fmt::Debug for Probe {
@@ -86,6 +98,7 @@ impl Probe {
             inject: OnceLock::new(),
             catch: OnceLock::new(),
             tasks,
+            last_failure: Mutex::new(None),
         };
         let now = Instant::now();
         match partitions {
@@ -149,6 +162,31 @@ impl Probe {
     /// Whether the probe's inject and catch clients are connected.
     pub fn is_up(&self) -> bool {
         self.inject.get().is_some_and(|i| i.is_up()) && self.catch.get().is_some_and(|c| c.is_up())
+    }
+
+    /// The last publish failure, if any.
+    pub fn last_publish_failure(&self) -> Option<PublishFailure> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn note_failure(&self, kind: FailureKind, mut error: String) {
+        if error.len() > FAILURE_TEXT_MAX {
+            let mut end = FAILURE_TEXT_MAX;
+            while !error.is_char_boundary(end) {
+                end -= 1;
+            }
+            error.truncate(end);
+            error.push('…');
+        }
+        let failure = PublishFailure {
+            kind,
+            error,
+            at: Instant::now(),
+        };
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
     }
 
     /// Waits until the probe's catch side listens and its schedule has started.
@@ -354,6 +392,10 @@ impl Probe {
         if now.saturating_duration_since(intended) >= self.config.deadline {
             // The producer stalled past this canary's whole deadline: it
             // can no longer be delivered, so it is not sent at all.
+            self.note_failure(
+                FailureKind::Timeout,
+                "not sent: the schedule was behind by more than the deadline".into(),
+            );
             self.failed(lane, seq, FailureKind::Timeout);
             return;
         }
@@ -382,7 +424,9 @@ impl Probe {
         };
         match sent {
             Err(e) => {
-                tracing::debug!(probe = %self.name(), lane = lane.id.id, seq, kind = e.kind.as_str(), error = %chain(&e), "Publish failed.");
+                let error = chain(&e);
+                tracing::debug!(probe = %self.name(), lane = lane.id.id, seq, kind = e.kind.as_str(), error = %error, "Publish failed.");
+                self.note_failure(e.kind, error);
                 self.failed(lane, seq, e.kind);
             }
             Ok(confirm) => {
@@ -402,7 +446,9 @@ impl Probe {
                         }
                         Ok(Ack::Unconfirmed) => {}
                         Err(e) => {
-                            tracing::debug!(probe = %probe.name(), lane = lane.id.id, seq, kind = e.kind.as_str(), error = %chain(&e), "Publish failed.");
+                            let error = chain(&e);
+                            tracing::debug!(probe = %probe.name(), lane = lane.id.id, seq, kind = e.kind.as_str(), error = %error, "Publish failed.");
+                            probe.note_failure(e.kind, error);
                             probe.failed(&lane, seq, e.kind);
                         }
                     }

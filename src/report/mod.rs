@@ -20,6 +20,8 @@ use tokio::time::Instant;
 pub struct Watched {
     pub probe: Arc<Probe>,
     pub slo: Option<Arc<SloObserver>>,
+    /// The last hour, minute by minute (the status page).
+    pub history: Arc<crate::history::History>,
 }
 
 /// Everything known about one probe at one moment.
@@ -75,7 +77,7 @@ impl ProbeReport {
             latency: snap.latency,
             publish_latency: snap.publish_latency,
             schedule_lag: snap.schedule_lag,
-            slo: w.slo.as_ref().map(|s| s.state(now)),
+            slo: w.slo.as_ref().map(|s| s.state(now, p.lanes().len())),
             slo_threshold: p.config.slo.latency.map(|l| l.threshold.as_secs_f64()),
             partitions: if p.per_partition {
                 p.lanes()
@@ -205,6 +207,19 @@ pub fn text_table(rows: &[ProbeReport], span: Span) -> String {
     out
 }
 
+/// `4320` → `4,320`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// One line per probe with objectives: compliance, budget left and burn rate
 /// per SLI, and slice compliance (the status page's SLO section).
 pub fn slo_lines(rows: &[ProbeReport]) -> String {
@@ -221,11 +236,13 @@ pub fn slo_lines(rows: &[ProbeReport]) -> String {
                     .unwrap_or(0.0)
             };
             parts.push(format!(
-                "{} {:.3}% (objective {}%), budget left {:.1}%, burn 1h {:.2}x 6h {:.2}x",
+                "{} {:.3}% (objective {}%), budget left {:.1}% ({} of {} canaries spent), burn 1h {:.2}x 6h {:.2}x",
                 s.sli,
                 s.compliance * 100.0,
                 s.objective * 100.0,
                 s.error_budget_remaining * 100.0,
+                thousands(s.error_budget_spent),
+                thousands(s.error_budget_canaries.floor() as u64),
                 burn("1h"),
                 burn("6h")
             ));
@@ -251,5 +268,13 @@ mod tests {
         assert_eq!(human_seconds(0.0123), "12.3ms");
         assert_eq!(human_seconds(0.5), "500ms");
         assert_eq!(human_seconds(1.25), "1.250s");
+    }
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(4320), "4,320");
+        assert_eq!(thousands(2_592_000), "2,592,000");
     }
 }

@@ -1,43 +1,62 @@
 //! chirp's one HTTP listener: `/metrics` (Prometheus), `/healthz`, `/readyz`,
-//! `/` (status page), `/api/probes` (JSON), and the webhook receivers
-//! (`transport::http`). `/readyz` means "configuration loaded and listener
+//! `/` (status page), `/api/probes` (JSON), `POST /-/reload` (`run`), and the
+//! webhook receivers (`transport::http`). `/readyz` means "configuration loaded and listener
 //! serving": broker state is reported per probe (`chirp_probe_up`,
 //! `/api/probes`), never by taking chirp out of its Service.
 
 pub mod auth;
 pub mod listener;
+pub mod status;
 pub mod tls;
 
-use crate::export::catalogue::Sources;
+use crate::export::catalogue::{Live, Sources};
 use crate::export::prometheus;
 use crate::report::{self, Watched};
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 /// What the handlers share.
 pub struct AppState {
     pub environment: String,
-    pub probes: Vec<Watched>,
+    live: Live,
     /// `/metrics`, when `export.prometheus` is on.
     registry: Option<Registry>,
+    /// Where `POST /-/reload` asks `run` to reload (none in `check`).
+    reload: Option<mpsc::Sender<ReloadRequest>>,
 }
 
+/// A reload asked for over HTTP, and where its outcome goes.
+pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
+
 impl AppState {
-    /// `src` is what `/metrics` exports; its probes are also the API's and the status page's.
-    pub fn new(environment: String, prometheus: bool, src: Sources) -> Arc<Self> {
-        let probes = src.probes.clone();
+    /// `src` is what `/metrics` exports; its probes are also the API's and
+    /// the status page's. With `reload`, `POST /-/reload` is served.
+    pub fn new(
+        environment: String,
+        prometheus: bool,
+        src: Sources,
+        reload: Option<mpsc::Sender<ReloadRequest>>,
+    ) -> Arc<Self> {
+        let live = src.live.clone();
         let registry = prometheus.then(|| prometheus::registry(&environment, src));
         Arc::new(AppState {
             environment,
-            probes,
+            live,
             registry,
+            reload,
         })
+    }
+
+    /// The probes running now (the API's and the status page's rows).
+    pub fn probes(&self) -> Vec<Watched> {
+        self.live.get().probes.clone()
     }
 }
 
@@ -46,6 +65,9 @@ pub fn router(state: Arc<AppState>, hooks: Router) -> Router {
     let mut router = Router::new();
     if state.registry.is_some() {
         router = router.route("/metrics", get(metrics));
+    }
+    if state.reload.is_some() {
+        router = router.route("/-/reload", post(reload));
     }
     router
         .route("/", get(status_page))
@@ -72,10 +94,28 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// `POST /-/reload`: reloads the configuration file as SIGHUP does and
+/// answers once it is done: 200 with what changed, 400 with every error of a
+/// file that was refused (nothing changed), 503 while chirp is stopping.
+async fn reload(State(state): State<Arc<AppState>>) -> Response {
+    let Some(tx) = &state.reload else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let (done, outcome) = oneshot::channel();
+    if tx.send(done).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "chirp is stopping\n").into_response();
+    }
+    match outcome.await {
+        Ok(Ok(text)) => (StatusCode::OK, text).into_response(),
+        Ok(Err(text)) => (StatusCode::BAD_REQUEST, text).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "chirp is stopping\n").into_response(),
+    }
+}
+
 fn reports(state: &AppState) -> Vec<report::ProbeReport> {
     let now = Instant::now();
     state
-        .probes
+        .probes()
         .iter()
         .map(|w| report::ProbeReport::of(w, now))
         .collect()
@@ -90,25 +130,17 @@ async fn api_probes(State(state): State<Arc<AppState>>) -> Response {
     .into_response()
 }
 
-async fn status_page(State(state): State<Arc<AppState>>) -> Html<String> {
-    let rows = reports(&state);
-    let mut table = report::text_table(&rows, report::Span::Window);
-    let slo = report::slo_lines(&rows);
-    if !slo.is_empty() {
-        table.push_str("\nSLOs over the period, in this process:\n");
-        table.push_str(&slo);
+/// `GET /`: the status page (`status`), never cached.
+async fn status_page(State(state): State<Arc<AppState>>) -> Response {
+    match status::render(&state.environment, &state.probes(), Instant::now()) {
+        Ok(page) => ([(header::CACHE_CONTROL, "no-store")], Html(page)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot render the status page.");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot render the status page; /api/probes has the same numbers\n",
+            )
+                .into_response()
+        }
     }
-    let escaped = table
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;");
-    Html(format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
-         <title>chirp: {env}</title></head><body><h1>chirp {ver}: {env}</h1>\
-         <p>Latency over the last minute; counts since start. \
-         <a href=\"/metrics\">/metrics</a> · <a href=\"/api/probes\">/api/probes</a></p>\
-         <pre>{escaped}</pre></body></html>",
-        env = state.environment.replace('&', "&amp;").replace('<', "&lt;"),
-        ver = env!("CARGO_PKG_VERSION"),
-    ))
 }

@@ -58,6 +58,16 @@ struct Bucket {
     slices_bad: u32,
 }
 
+/// Buckets summed over a window (wide enough for a whole period).
+#[derive(Debug, Clone, Copy, Default)]
+struct Window {
+    latency_good: u64,
+    delivery_good: u64,
+    total: u64,
+    slices_good: u64,
+    slices_bad: u64,
+}
+
 /// Totals since start, for the `_total` counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Totals {
@@ -77,7 +87,13 @@ pub struct SliState {
     pub objective: f64,
     /// Good / total over the period (1 when nothing resolved).
     pub compliance: f64,
-    /// 1 - (bad share / allowed bad share) over the period; negative when overspent.
+    /// Canaries that may fail over the period: (1 − objective) × period /
+    /// interval, for every lane.
+    pub error_budget_canaries: f64,
+    /// Canaries bad for this SLI over the period (in this process).
+    pub error_budget_spent: u64,
+    /// 1 − spent / allowance: the share of the period's allowance not yet
+    /// spent; negative when overspent.
     pub error_budget_remaining: f64,
     /// (window, burn rate): bad share over the window / allowed bad share.
     /// Serialized as an object: `{"5m": 0.0, "30m": 0.0, ...}`.
@@ -110,6 +126,8 @@ pub struct SloTracker {
     delivery_objective: Option<f64>,
     slice_s: u64,
     period_s: u64,
+    /// Canaries one lane sends over the period: period / interval.
+    per_period: f64,
     /// Wall-clock microseconds at `inst0`: slices align to wall-clock boundaries.
     wall0_us: u64,
     inst0: Instant,
@@ -136,9 +154,14 @@ fn ratio(good: u64, total: u64) -> f64 {
 }
 
 impl SloTracker {
-    /// A tracker for `slo`, or none when it has no objective. `wall_now` is
-    /// the wall clock at `now`.
-    pub fn new(slo: &Slo, now: Instant, wall_now: SystemTime) -> Option<SloTracker> {
+    /// A tracker for `slo` of a probe sending every `interval`, or none when
+    /// it has no objective. `wall_now` is the wall clock at `now`.
+    pub fn new(
+        slo: &Slo,
+        interval: Duration,
+        now: Instant,
+        wall_now: SystemTime,
+    ) -> Option<SloTracker> {
         if slo.latency.is_none() && slo.delivery.is_none() {
             return None;
         }
@@ -155,6 +178,7 @@ impl SloTracker {
             delivery_objective: slo.delivery.map(|d| percent_to_ratio(d.objective)),
             slice_s,
             period_s,
+            per_period: period_s as f64 / interval.as_secs_f64().max(1e-9),
             wall0_us,
             inst0: now,
             minutes: vec![Bucket::default(); MINUTES],
@@ -261,25 +285,27 @@ impl SloTracker {
     }
 
     /// Sums buckets of `ring` (of `unit` seconds) covering the last `window` seconds up to `wall`.
-    fn sum(ring: &[Bucket], unit: u64, wall: u64, window: u64) -> Bucket {
+    fn sum(ring: &[Bucket], unit: u64, wall: u64, window: u64) -> Window {
         let cur = wall / unit;
         let n = (window / unit).max(1);
         let first = (cur + 1).saturating_sub(n);
-        let mut s = Bucket::default();
+        let mut s = Window::default();
         for b in ring
             .iter()
             .filter(|b| b.index > first && b.index <= cur + 1)
         {
-            s.total += b.total;
-            s.latency_good += b.latency_good;
-            s.delivery_good += b.delivery_good;
-            s.slices_good += b.slices_good;
-            s.slices_bad += b.slices_bad;
+            s.total += b.total as u64;
+            s.latency_good += b.latency_good as u64;
+            s.delivery_good += b.delivery_good as u64;
+            s.slices_good += b.slices_good as u64;
+            s.slices_bad += b.slices_bad as u64;
         }
         s
     }
 
-    pub fn state(&mut self, now: Instant) -> SloState {
+    /// The state at `now` of a probe with `lanes` lanes (each sends one
+    /// canary per interval).
+    pub fn state(&mut self, now: Instant, lanes: usize) -> SloState {
         self.advance(now);
         let wall = self.wall_s(now);
         let period = Self::sum(&self.hours, 3600, wall, self.period_s);
@@ -288,15 +314,19 @@ impl SloTracker {
             (
                 "latency",
                 self.latency_objective,
-                (|b: &Bucket| b.latency_good) as fn(&Bucket) -> u32,
+                (|b: &Window| b.latency_good) as fn(&Window) -> u64,
             ),
-            ("delivery", self.delivery_objective, |b: &Bucket| {
+            ("delivery", self.delivery_objective, |b: &Window| {
                 b.delivery_good
             }),
         ] {
             let Some(objective) = objective else { continue };
             let allowed = 1.0 - objective;
-            let bad_share = |b: &Bucket| 1.0 - ratio(good_of(b) as u64, b.total as u64);
+            // A count of canaries: rounded so 0.1% of 360,000 reads 360,
+            // not 360.00000000000036.
+            let allowance = (allowed * self.per_period * lanes.max(1) as f64 * 1e6).round() / 1e6;
+            let spent = period.total - good_of(&period);
+            let bad_share = |b: &Window| 1.0 - ratio(good_of(b), b.total);
             let burn_rates = BURN_WINDOWS
                 .iter()
                 .map(|(name, secs)| {
@@ -311,18 +341,17 @@ impl SloTracker {
             slis.push(SliState {
                 sli,
                 objective,
-                compliance: ratio(good_of(&period) as u64, period.total as u64),
-                error_budget_remaining: 1.0 - bad_share(&period) / allowed,
+                compliance: ratio(good_of(&period), period.total),
+                error_budget_canaries: allowance,
+                error_budget_spent: spent,
+                error_budget_remaining: 1.0 - spent as f64 / allowance,
                 burn_rates,
             });
         }
         SloState {
             slis,
             totals: self.totals,
-            slice_compliance: ratio(
-                period.slices_good as u64,
-                (period.slices_good + period.slices_bad) as u64,
-            ),
+            slice_compliance: ratio(period.slices_good, period.slices_good + period.slices_bad),
             slice_seconds: self.slice_s,
             period_seconds: self.period_s,
             recent_slices: self.recent.iter().copied().collect(),
@@ -337,19 +366,21 @@ pub struct SloObserver {
 }
 
 impl SloObserver {
-    /// The engine for `slo`, or none when it has no objective.
-    pub fn new(slo: &Slo) -> Option<Arc<SloObserver>> {
-        SloTracker::new(slo, Instant::now(), SystemTime::now()).map(|t| {
+    /// The engine for `slo` of a probe sending every `interval`, or none
+    /// when it has no objective.
+    pub fn new(slo: &Slo, interval: Duration) -> Option<Arc<SloObserver>> {
+        SloTracker::new(slo, interval, Instant::now(), SystemTime::now()).map(|t| {
             Arc::new(SloObserver {
                 tracker: Mutex::new(t),
             })
         })
     }
 
-    pub fn state(&self, now: Instant) -> SloState {
+    /// The state at `now` of a probe with `lanes` lanes.
+    pub fn state(&self, now: Instant, lanes: usize) -> SloState {
         let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
         t.resync(Instant::now(), SystemTime::now());
-        t.state(now)
+        t.state(now, lanes)
     }
 }
 

@@ -17,10 +17,11 @@ fn slo() -> Slo {
     }
 }
 
-/// A tracker whose clock starts exactly on a minute boundary.
+/// A tracker of a probe sending every 6 s (432,000 canaries in 30 days),
+/// whose clock starts exactly on a minute boundary.
 fn tracker() -> SloTracker {
     let wall = UNIX_EPOCH + Duration::from_secs(1_800_000_000 / 3600 * 3600);
-    SloTracker::new(&slo(), Instant::now(), wall).unwrap()
+    SloTracker::new(&slo(), 6 * 1000 * MS, Instant::now(), wall).unwrap()
 }
 
 #[tokio::test(start_paused = true)]
@@ -38,7 +39,7 @@ async fn three_bad_slices_out_of_sixty_is_95_percent() {
             advance(6 * 1000 * MS).await;
         }
     }
-    let s = t.state(Instant::now());
+    let s = t.state(Instant::now(), 1);
     assert_eq!(
         (
             s.totals.slices_good,
@@ -57,9 +58,11 @@ async fn three_bad_slices_out_of_sixty_is_95_percent() {
     let delivery = &s.slis[1];
     assert_eq!(delivery.sli, "delivery");
     assert!((delivery.compliance - 0.995).abs() < 1e-12);
-    // 0.5% bad of an allowed 1%: half the budget is left.
+    // 3 canaries failed of the period's allowance of 1% of 432,000.
+    assert_eq!(delivery.error_budget_spent, 3);
+    assert!((delivery.error_budget_canaries - 4320.0).abs() < 1e-6);
     assert!(
-        (delivery.error_budget_remaining - 0.5).abs() < 1e-9,
+        (delivery.error_budget_remaining - (1.0 - 3.0 / 4320.0)).abs() < 1e-9,
         "{}",
         delivery.error_budget_remaining
     );
@@ -82,7 +85,7 @@ async fn slices_without_data_are_neither_good_nor_bad() {
     advance(5 * MIN).await;
     t.record(Instant::now(), Resolved::Delivered(500 * MS)); // latency-bad: slice bad
     advance(MIN).await;
-    let s = t.state(Instant::now());
+    let s = t.state(Instant::now(), 1);
     assert_eq!(
         (
             s.totals.slices_good,
@@ -111,7 +114,7 @@ async fn burn_rates_forget_old_minutes() {
     for _ in 0..10 {
         t.record(Instant::now(), Resolved::Failed);
     }
-    let s = t.state(Instant::now());
+    let s = t.state(Instant::now(), 1);
     // Everything bad: burn rate = 1 / (1 - 0.99) = 100 on every window.
     assert!(s.slis[1]
         .burn_rates
@@ -119,7 +122,7 @@ async fn burn_rates_forget_old_minutes() {
         .all(|(_, b)| (b - 100.0).abs() < 1e-9));
     advance(10 * MIN).await;
     t.record(Instant::now(), Resolved::Delivered(MS));
-    let s = t.state(Instant::now());
+    let s = t.state(Instant::now(), 1);
     let burn = |w: &str| {
         s.slis[1]
             .burn_rates
@@ -130,7 +133,21 @@ async fn burn_rates_forget_old_minutes() {
     };
     assert_eq!(burn("5m"), 0.0, "the failures are 10 minutes old");
     assert!((burn("30m") - (10.0 / 11.0) * 100.0).abs() < 1e-9);
-    assert!(s.slis[1].error_budget_remaining < 0.0, "overspent");
+    assert_eq!(s.slis[1].error_budget_spent, 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_overspent_budget_is_negative_and_lanes_multiply_the_allowance() {
+    let mut t = tracker();
+    for _ in 0..4321 {
+        t.record(Instant::now(), Resolved::Failed);
+    }
+    let one = t.state(Instant::now(), 1);
+    assert!(one.slis[1].error_budget_remaining < 0.0, "overspent");
+    // Three partitions send three canaries a slot: three times the allowance.
+    let three = t.state(Instant::now(), 3);
+    assert!((three.slis[1].error_budget_canaries - 12_960.0).abs() < 1e-6);
+    assert!((three.slis[1].error_budget_remaining - (1.0 - 4321.0 / 12_960.0)).abs() < 1e-9);
 }
 
 #[tokio::test(start_paused = true)]
@@ -153,7 +170,7 @@ async fn slices_follow_a_step_of_the_wall_clock() {
     t.resync(Instant::now(), wall0 + Duration::from_secs(3600 + 30));
     t.record(Instant::now(), Resolved::Delivered(MS));
     advance(MIN).await;
-    let s = t.state(Instant::now());
+    let s = t.state(Instant::now(), 1);
     // The first slice closed, the hour in between had no data, and the slice
     // now being filled starts on the stepped clock's minute.
     assert_eq!(s.totals.slices_good, 2, "{:?}", s.totals);

@@ -458,6 +458,71 @@ pub struct Roles {
     pub catch: bool,
 }
 
+/// What a named connection is connected for: its settings, the ends that
+/// use it, and the destinations they name (the embedded Kafka cluster
+/// creates its topics at start).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Need {
+    pub config: ConnectionConfig,
+    pub roles: Roles,
+    pub destinations: Vec<String>,
+}
+
+impl Need {
+    /// Whether a connection made for `self` serves `other` as it is: the
+    /// same settings, every role it needs, and (the embedded cluster) every
+    /// topic.
+    pub fn serves(&self, other: &Need) -> bool {
+        let embedded = matches!(
+            &self.config,
+            ConnectionConfig::Kafka(k) if matches!(k.brokers, kafka::config::Brokers::Embedded)
+        );
+        self.config == other.config
+            && (self.roles.inject || !other.roles.inject)
+            && (self.roles.catch || !other.roles.catch)
+            && (!embedded
+                || other
+                    .destinations
+                    .iter()
+                    .all(|d| self.destinations.contains(d)))
+    }
+}
+
+/// The named connections some probe uses, and what for.
+pub fn needs(
+    configs: &BTreeMap<String, ConnectionConfig>,
+    ends: &[(&InjectConfig, &CatchConfig)],
+) -> BTreeMap<String, Need> {
+    let mut out = BTreeMap::new();
+    for (name, config) in configs {
+        let named = |e: &End| e.connection.as_deref() == Some(name);
+        let roles = Roles {
+            inject: ends.iter().any(|(i, _)| named(&i.end())),
+            catch: ends.iter().any(|(_, c)| named(&c.end(""))),
+        };
+        let mut destinations: Vec<String> = ends
+            .iter()
+            .flat_map(|(i, c)| [i.end(), c.end("")])
+            .filter(|e| named(e))
+            .filter_map(|e| e.destination)
+            .collect();
+        if destinations.is_empty() {
+            continue;
+        }
+        destinations.sort();
+        destinations.dedup();
+        out.insert(
+            name.clone(),
+            Need {
+                config: config.clone(),
+                roles,
+                destinations,
+            },
+        );
+    }
+    out
+}
+
 /// The connected named clients.
 #[derive(Default)]
 pub struct Connections {
@@ -473,30 +538,24 @@ pub async fn connect(
     ends: &[(&InjectConfig, &CatchConfig)],
     ctx: &Context,
 ) -> Result<Connections, SetupError> {
+    connect_needed(&needs(configs, ends), ctx).await
+}
+
+/// Connects each of `needs`.
+pub async fn connect_needed(
+    needs: &BTreeMap<String, Need>,
+    ctx: &Context,
+) -> Result<Connections, SetupError> {
     let mut out = Connections::default();
-    for (name, config) in configs {
-        let named = |e: &End| e.connection.as_deref() == Some(name);
-        let roles = Roles {
-            inject: ends.iter().any(|(i, _)| named(&i.end())),
-            catch: ends.iter().any(|(_, c)| named(&c.end(""))),
-        };
-        let destinations: Vec<String> = ends
-            .iter()
-            .flat_map(|(i, c)| [i.end(), c.end("")])
-            .filter(|e| named(e))
-            .filter_map(|e| e.destination)
-            .collect();
-        if destinations.is_empty() {
-            continue;
-        }
-        match config {
+    for (name, need) in needs {
+        match &need.config {
             ConnectionConfig::Nats(c) => {
-                let conn = nats::connect(name, c, roles, ctx).await?;
+                let conn = nats::connect(name, c, need.roles, ctx).await?;
                 out.links.extend(conn.links());
                 out.nats.insert(name.clone(), conn);
             }
             ConnectionConfig::Kafka(c) => {
-                let conn = kafka::connect(name, c, destinations)?;
+                let conn = kafka::connect(name, c, need.destinations.clone())?;
                 out.links.push(conn.link());
                 out.kafka.insert(name.clone(), conn);
             }
@@ -571,6 +630,33 @@ impl Connections {
     /// Every client connection's record.
     pub fn links(&self) -> Vec<Arc<LinkStatus>> {
         self.links.clone()
+    }
+
+    /// Takes the connections named in `names` out (to close them once
+    /// the probes using them have stopped).
+    pub fn take(&mut self, names: &[String]) -> Connections {
+        let mut out = Connections::default();
+        for name in names {
+            if let Some(c) = self.nats.remove(name) {
+                out.nats.insert(name.clone(), c);
+            }
+            if let Some(c) = self.kafka.remove(name) {
+                out.kafka.insert(name.clone(), c);
+            }
+        }
+        let (gone, kept) = std::mem::take(&mut self.links)
+            .into_iter()
+            .partition(|l| names.contains(&l.connection));
+        self.links = kept;
+        out.links = gone;
+        out
+    }
+
+    /// Adds `other`'s connections (none of which this has).
+    pub fn add(&mut self, other: Connections) {
+        self.nats.extend(other.nats);
+        self.kafka.extend(other.kafka);
+        self.links.extend(other.links);
     }
 
     /// Closes the clients (after every task using them has stopped).

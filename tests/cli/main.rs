@@ -6,9 +6,12 @@
 mod support;
 
 mod commands;
+mod image;
 mod limits;
 mod listener;
 mod process;
+mod reload;
 mod reports;
 mod secrets;
 mod secure;
+mod status;

@@ -66,6 +66,22 @@ async fn every_metric_of_the_catalogue_is_exported_both_ways() {
     .await;
     rt.shutdown().await;
     let got = rx.received();
+    // Every series says which environment it is from, chirp's own too: an
+    // alert on `absent(chirp_build_info{environment="…"})` depends on it.
+    let environment = format!("environment=\"{}\"", config.environment);
+    for line in scrape
+        .text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        assert!(line.contains(&environment), "no {environment}: {line}");
+    }
+    assert!(
+        scrape
+            .text
+            .contains(&format!("revision=\"{}\"", chirp::REVISION)),
+        "chirp_build_info has no revision"
+    );
     for m in CATALOGUE {
         let base = m
             .prometheus

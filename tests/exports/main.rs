@@ -6,6 +6,7 @@
 mod support;
 
 mod catalogue;
+mod dashboards;
 mod otlp;
 mod prometheus;
 mod rules;

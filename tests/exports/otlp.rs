@@ -59,7 +59,7 @@ async fn grpc_metrics_equal_the_ledger_and_the_metrics_endpoint() {
     let mut rt = support::start_counted(&cfg, 150).await;
     rt.injection_done().await;
     assert_eq!(rt.drain(Duration::from_secs(10)).await, 0);
-    let probe = Arc::clone(&rt.probes[0].probe);
+    let probe = Arc::clone(&rt.probes()[0].probe);
     let counts = probe.counts();
     assert_eq!((counts.sent, counts.delivered, counts.lost), (150, 150, 0));
     let hdr = probe
@@ -149,7 +149,7 @@ async fn http_protobuf_delta_exports_and_traces_add_up_to_the_ledger() {
     let mut rt = support::start_counted(&cfg, 150).await;
     rt.injection_done().await;
     assert_eq!(rt.drain(Duration::from_secs(10)).await, 0);
-    let counts = rt.probes[0].probe.counts();
+    let counts = rt.probes()[0].probe.counts();
     rt.shutdown().await;
 
     let got = rx.received();
@@ -259,7 +259,7 @@ async fn spans_link_the_canary_through_the_pipeline_and_lost_ones_are_errors() {
     let mut rt = support::start_counted(&cfg, 50).await;
     rt.injection_done().await;
     assert_eq!(rt.drain(Duration::from_secs(10)).await, 0);
-    let counts = rt.probes[0].probe.counts();
+    let counts = rt.probes()[0].probe.counts();
     assert_eq!((counts.delivered, counts.lost), (45, 5));
     rt.shutdown().await;
 
@@ -364,7 +364,7 @@ async fn a_receiver_that_is_down_does_not_disturb_probing_and_export_resumes() {
         || async move { failed(&Scrape::get(addr).await) >= 2.0 },
     )
     .await;
-    let during = rt.probes[0].probe.counts();
+    let during = rt.probes()[0].probe.counts();
     assert_eq!(
         during.lost, 0,
         "probing goes on while the collector is down"
@@ -380,7 +380,7 @@ async fn a_receiver_that_is_down_does_not_disturb_probing_and_export_resumes() {
     )
     .await;
     assert_eq!(rt.drain(Duration::from_secs(10)).await, 0);
-    let counts = rt.probes[0].probe.counts();
+    let counts = rt.probes()[0].probe.counts();
     let fails_before_shutdown = failed(&Scrape::get(addr).await);
     rt.shutdown().await;
 
@@ -463,7 +463,7 @@ async fn kafka_and_webhook_canaries_carry_their_trace_context() {
     // (sent, delivered): 20 canaries per lane, on the embedded cluster's 3
     // partitions for Kafka, so nothing below can pass on an empty run.
     let counts: Vec<(u64, u64)> = rt
-        .probes
+        .probes()
         .iter()
         .map(|w| (w.probe.counts().sent, w.probe.counts().delivered))
         .collect();
@@ -610,7 +610,7 @@ async fn a_collector_that_refuses_exports_is_counted_and_probing_goes_on() {
     let mut rt = support::start_counted(&cfg, 150).await;
     rt.injection_done().await;
     assert_eq!(rt.drain(Duration::from_secs(10)).await, 0);
-    let counts = rt.probes[0].probe.counts();
+    let counts = rt.probes()[0].probe.counts();
     assert_eq!((counts.delivered, counts.lost), (150, 0));
     let scrape = Scrape::get(rt.addr.unwrap()).await;
     let failed = otlp_counter(&scrape, "chirp_otlp_export_failures_total");

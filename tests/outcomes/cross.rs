@@ -77,7 +77,7 @@ async fn nats_in_webhook_out_and_http_in_nats_out() {
     addr_tx.send(rt.addr.expect("a listener")).unwrap();
     rt.injection_done().await;
     assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
-    for w in &rt.probes {
+    for w in &rt.probes() {
         let p = &w.probe;
         let c = p.counts();
         assert_eq!(
@@ -148,7 +148,7 @@ async fn kafka_in_webhook_out_per_partition() {
     });
     rt.injection_done().await;
     assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
-    let lanes = rt.probes[0].probe.lanes();
+    let lanes = rt.probes()[0].probe.lanes();
     assert_eq!(lanes.len(), 2);
     for lane in lanes {
         let c = lane.ledger().counts();
@@ -202,13 +202,13 @@ async fn nats_in_kafka_out() {
     let mut rt = start_counted(&cfg, COUNT).await;
     rt.injection_done().await;
     assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
-    let c = rt.probes[0].probe.counts();
+    let c = rt.probes()[0].probe.counts();
     assert_eq!(
         (c.sent, c.delivered, c.lost, c.duplicate),
         (COUNT, COUNT, 0, 0),
         "{c:?}"
     );
-    assert!(!rt.probes[0].probe.per_partition);
+    assert!(!rt.probes()[0].probe.per_partition);
     rt.shutdown().await;
     relay.abort();
 }

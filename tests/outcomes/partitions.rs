@@ -39,7 +39,7 @@ async fn exact_counts_per_partition_through_a_faulty_relay() {
     let mut rt = start_counted(&config, COUNT).await;
     rt.injection_done().await;
     assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
-    let probe = &rt.probes[0].probe;
+    let probe = &rt.probes()[0].probe;
     assert!(probe.per_partition);
     let lanes = probe.lanes();
     assert_eq!(lanes.iter().map(|l| l.id.id).collect::<Vec<_>>(), [0, 1, 2]);
@@ -89,7 +89,7 @@ async fn a_stalled_partition_shows_on_that_partition_only() {
     let mut rt = start_counted(&config, COUNT).await;
     rt.injection_done().await;
     assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
-    let lanes = rt.probes[0].probe.lanes();
+    let lanes = rt.probes()[0].probe.lanes();
     assert_eq!(lanes.len(), PARTITIONS as usize);
     for lane in lanes {
         let c = lane.ledger().counts();
@@ -135,7 +135,7 @@ async fn exact_counts_per_partition_through_a_relay_on_tansu() {
     assert_eq!(rt.drain(Duration::from_secs(8)).await, 0);
     // (delivered, lost, duplicate, reordered) per partition.
     let expected = [(count - 1, 1, 0, 1), (count, 0, 1, 0), (count - 1, 1, 1, 1)];
-    let lanes = rt.probes[0].probe.lanes();
+    let lanes = rt.probes()[0].probe.lanes();
     // Never vacuous: every partition has its lane, checked one by one.
     assert_eq!(lanes.len(), PARTITIONS as usize);
     for (lane, want) in lanes.iter().zip(expected) {
@@ -167,7 +167,7 @@ async fn a_stalled_partition_on_tansu_shows_on_that_partition_only() {
     let mut rt = start_counted(&config, count).await;
     rt.injection_done().await;
     assert_eq!(rt.drain(Duration::from_secs(8)).await, 0);
-    let lanes = rt.probes[0].probe.lanes();
+    let lanes = rt.probes()[0].probe.lanes();
     assert_eq!(lanes.len(), PARTITIONS as usize);
     for lane in lanes {
         let c = lane.ledger().counts();

@@ -224,6 +224,7 @@ pub async fn start_counted(config: &chirp::config::Config, count: u64) -> chirp:
         chirp::runtime::Options {
             count: Some(count),
             fail_fast: true,
+            reload: false,
             ..chirp::runtime::Options::run(config.listen.address)
         },
     )
@@ -233,7 +234,7 @@ pub async fn start_counted(config: &chirp::config::Config, count: u64) -> chirp:
 
 /// The probe named `name` of a running chirp.
 pub fn probe(rt: &chirp::runtime::Runtime, name: &str) -> std::sync::Arc<chirp::probe::Probe> {
-    rt.probes
+    rt.probes()
         .iter()
         .find(|w| w.probe.name() == name)
         .map(|w| std::sync::Arc::clone(&w.probe))

@@ -158,13 +158,22 @@ impl Receiver {
         Self::start_on(0, 0).await
     }
 
-    /// Listens on the given ports (0: any free port).
+    /// Listens on the given ports (0: any free port). A port given is one
+    /// the test let go of (a collector that was down): another process may
+    /// hold it for a moment, so binding it is retried for 10 s.
     pub async fn start_on(grpc_port: u16, http_port: u16) -> Receiver {
         let data: Shared = Arc::default();
         let stop = CancellationToken::new();
-        let grpc_listener = tokio::net::TcpListener::bind(("127.0.0.1", grpc_port))
-            .await
-            .expect("bind the gRPC port");
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let grpc_listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", grpc_port)).await {
+                Ok(l) => break l,
+                Err(_) if grpc_port != 0 && std::time::Instant::now() < give_up => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("bind the gRPC port {grpc_port}: {e}"),
+            }
+        };
         let http_listener = tokio::net::TcpListener::bind(("127.0.0.1", http_port))
             .await
             .expect("bind the HTTP port");

@@ -175,11 +175,11 @@ pub struct Observers {
 }
 
 /// Registers an observable instrument for every counter and gauge of the
-/// catalogue; `attrs[i]` are the attributes of `probes[i]`.
+/// catalogue; `attrs` gives a probe's attributes.
 pub fn observe(
     meter: &Meter,
     src: Sources,
-    attrs: Vec<Vec<KeyValue>>,
+    attrs: fn(&crate::config::ProbeConfig) -> Vec<KeyValue>,
     interval: Duration,
 ) -> Observers {
     let snaps = Arc::new(Snapshots {
@@ -188,18 +188,21 @@ pub fn observe(
         callbacks: std::sync::OnceLock::new(),
         last: Mutex::new(None),
     });
-    let attrs = Arc::new(attrs);
     let mut held: Vec<Box<dyn Any + Send + Sync>> = Vec::new();
     for m in CATALOGUE {
         let Some(name) = m.otel else { continue };
         if m.kind == Kind::Histogram {
             continue;
         }
-        let (s, a) = (Arc::clone(&snaps), Arc::clone(&attrs));
-        let attributes = move |sample: &Sample| -> Vec<KeyValue> {
-            let mut kv = match (sample.probe, sample.lane) {
-                (Some(i), Some((lane, per_partition))) => lane_attrs(&a[i], lane, per_partition),
-                (Some(i), None) => a[i].clone(),
+        let s = Arc::clone(&snaps);
+        let attributes = move |rows: &Rows, sample: &Sample| -> Vec<KeyValue> {
+            let probe = sample
+                .probe
+                .and_then(|i| rows.probes.get(i))
+                .map(|w| attrs(&w.probe.config));
+            let mut kv = match (probe, sample.lane) {
+                (Some(a), Some((lane, per_partition))) => lane_attrs(&a, lane, per_partition),
+                (Some(a), None) => a,
                 _ => Vec::new(),
             };
             kv.extend(
@@ -217,9 +220,10 @@ pub fn observe(
                     .with_unit(m.unit)
                     .with_description(m.help)
                     .with_callback(move |o: &dyn AsyncInstrument<u64>| {
-                        for sample in m.samples(&s.rows()) {
+                        let rows = s.rows();
+                        for sample in m.samples(&rows) {
                             if let Value::Int(v) = sample.value {
-                                o.observe(v, &attributes(&sample));
+                                o.observe(v, &attributes(&rows, &sample));
                             }
                         }
                     })
@@ -231,11 +235,12 @@ pub fn observe(
                     .with_unit(m.unit)
                     .with_description(m.help)
                     .with_callback(move |o: &dyn AsyncInstrument<i64>| {
-                        for sample in m.samples(&s.rows()) {
+                        let rows = s.rows();
+                        for sample in m.samples(&rows) {
                             if let Value::Int(v) = sample.value {
                                 o.observe(
                                     i64::try_from(v).unwrap_or(i64::MAX),
-                                    &attributes(&sample),
+                                    &attributes(&rows, &sample),
                                 );
                             }
                         }
@@ -248,12 +253,13 @@ pub fn observe(
                     .with_unit(m.unit)
                     .with_description(m.help)
                     .with_callback(move |o: &dyn AsyncInstrument<f64>| {
-                        for sample in m.samples(&s.rows()) {
+                        let rows = s.rows();
+                        for sample in m.samples(&rows) {
                             let v = match sample.value {
                                 Value::Int(v) => v as f64,
                                 Value::Float(v) => v,
                             };
-                            o.observe(v, &attributes(&sample));
+                            o.observe(v, &attributes(&rows, &sample));
                         }
                     })
                     .build(),

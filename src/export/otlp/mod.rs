@@ -215,12 +215,7 @@ impl Telemetry {
     pub fn observe(&mut self, mut src: Sources) {
         src.otlp = self.status.clone();
         if let Some((_, _, meter)) = &self.meters {
-            let attrs = src
-                .probes
-                .iter()
-                .map(|w| probe_attrs(&w.probe.config))
-                .collect();
-            self.observers = Some(metrics::observe(meter, src, attrs, self.interval));
+            self.observers = Some(metrics::observe(meter, src, probe_attrs, self.interval));
         }
     }
 

@@ -279,3 +279,22 @@ async fn every_resolution_is_reported_once_as_an_event() {
         (1, 1, 1, 0)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_last_catch_is_any_catch_of_a_sent_canary() {
+    let start = Instant::now();
+    let mut l = ledger();
+    assert_eq!(l.last_caught(), start, "the ledger's start until the first");
+    let seqs = send_n(&mut l, 3).await;
+    l.caught(seqs[0], Instant::now(), &mut Vec::new());
+    let first = Instant::now();
+    assert_eq!(l.last_caught(), first);
+    advance(50 * MS).await;
+    // A duplicate is a catch too: the pipeline moves.
+    l.caught(seqs[0], Instant::now(), &mut Vec::new());
+    assert_eq!(l.last_caught(), first + 50 * MS);
+    // A sequence never sent is not.
+    advance(50 * MS).await;
+    l.caught(99, Instant::now(), &mut Vec::new());
+    assert_eq!(l.last_caught(), first + 50 * MS);
+}

@@ -75,11 +75,23 @@ pub fn start(cfg: &CatchConfig, sink: Arc<dyn CatchSink>, ctx: &Context) -> Arc<
         signer,
         signature_header: cfg.signature_header.clone(),
     };
+    let hook = Arc::new(hook);
+    let name = sink.name().to_owned();
     ctx.hooks
         .by_probe
         .write()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(sink.name().to_owned(), Arc::new(hook));
+        .insert(name.clone(), Arc::clone(&hook));
+    // A probe that ends (a reload) stops receiving: its path answers 404
+    // until a probe of that name catches again.
+    let (hooks, stop) = (Arc::clone(&ctx.hooks), ctx.stop.clone());
+    ctx.tasks.spawn(async move {
+        stop.cancelled().await;
+        let mut by_probe = hooks.by_probe.write().unwrap_or_else(|p| p.into_inner());
+        if by_probe.get(&name).is_some_and(|h| Arc::ptr_eq(h, &hook)) {
+            by_probe.remove(&name);
+        }
+    });
     Arc::new(Webhook)
 }
 

@@ -208,9 +208,13 @@ pub fn client_config(conn: &ConnectionConfig, bootstrap: &str) -> ClientConfig {
     };
     c.set("security.protocol", protocol);
     if let Some(tls) = &conn.tls {
-        if let Some(ca) = &tls.ca_file {
-            c.set("ssl.ca.location", ca);
-        }
+        match &tls.ca_file {
+            Some(ca) => c.set("ssl.ca.location", ca),
+            // OpenSSL is linked statically and its compiled-in certificate
+            // directory is not the system's: let librdkafka look in the
+            // usual places.
+            None => c.set("ssl.ca.location", "probe"),
+        };
         if let Some(cert) = &tls.cert_file {
             c.set("ssl.certificate.location", cert);
         }

@@ -30,6 +30,16 @@ fn connection_settings_map_to_librdkafka_properties() {
     assert_eq!(c.get("sasl.username"), Some("chirp"));
     assert_eq!(c.get("sasl.password"), Some("pw"));
     assert_eq!(c.get("client.id"), Some("mine"));
+    // TLS without a CA file: the system's certificates, wherever they are
+    // (the statically linked OpenSSL does not know Debian's directory).
+    let system_ca = ConnectionConfig {
+        tls: Some(TlsConfig::default()),
+        ..conn.clone()
+    };
+    assert_eq!(
+        client_config(&system_ca, "b:9092").get("ssl.ca.location"),
+        Some("probe")
+    );
     let plain = ConnectionConfig {
         tls: None,
         sasl: None,
