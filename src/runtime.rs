@@ -146,6 +146,8 @@ pub enum ReloadError {
     NeedsRestart(Vec<&'static str>),
     #[error(transparent)]
     Setup(#[from] SetupError),
+    #[error("stopped by a signal while probes were ending; chirp is stopping")]
+    Cancelled,
 }
 
 /// What a reload did, by probe name.
@@ -281,7 +283,7 @@ impl Runtime {
         };
         let n = config.probes.len();
         for (i, pc) in config.probes.iter().enumerate() {
-            let started = rt.start_probe(pc, run_id, i, n).await?;
+            let started = rt.start_probe(pc, run_id, i, n, None).await?;
             rt.started.push(started);
         }
         rt.publish();
@@ -324,6 +326,7 @@ impl Runtime {
         run_id: u64,
         index: usize,
         of: usize,
+        predecessor: Option<&Watched>,
     ) -> Result<Started, SetupError> {
         let stop = self.stop.child_token();
         let ctx = Context {
@@ -337,12 +340,30 @@ impl Runtime {
             .await
             .inspect_err(|_| stop.cancel())?;
         let partitions = inject.lanes().map(|rx| rx.borrow().clone());
-        let slo = SloObserver::new(&pc.slo, pc.interval);
+        // A probe started again by a reload goes on where its predecessor
+        // stopped: the same SLO engine when the objectives did not change
+        // (its windows and budget too), else its totals; the same history.
+        let old_slo = predecessor.and_then(|w| w.slo.as_ref());
+        let same_slo = predecessor.is_some_and(|w| w.probe.config.slo == pc.slo);
+        let slo = match old_slo {
+            Some(old) if same_slo => {
+                old.set_interval(pc.interval);
+                Some(Arc::clone(old))
+            }
+            _ => {
+                let slo = SloObserver::new(&pc.slo, pc.interval);
+                if let (Some(new), Some(old)) = (&slo, old_slo) {
+                    new.inherit_totals(old);
+                }
+                slo
+            }
+        };
         let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
         if let Some(s) = &slo {
             observers.push(Arc::clone(s) as Arc<dyn Observer>);
         }
-        let history = Arc::new(History::new());
+        let history =
+            predecessor.map_or_else(|| Arc::new(History::new()), |w| Arc::clone(&w.history));
         observers.push(Arc::clone(&history) as Arc<dyn Observer>);
         if let Some(t) = &mut self.telemetry {
             observers.extend(t.observers(pc, partitions.is_some()));
@@ -355,6 +376,9 @@ impl Runtime {
             observers,
             self.tasks.clone(),
         ));
+        if let Some(old) = predecessor {
+            probe.inherit(&old.probe);
+        }
         let sink: Arc<dyn CatchSink> = Arc::clone(&probe) as Arc<dyn CatchSink>;
         let catch = connections
             .catch(&pc.catch, sink, &ctx)
@@ -415,12 +439,18 @@ impl Runtime {
 
     /// Applies `new`: probes whose settings (or connection) are the same
     /// keep running untouched (their ledgers, SLO state and clients);
-    /// changed ones end and start again; removed ones end; added ones start.
-    /// An ending probe sends no more canaries and keeps catching until those
-    /// in flight resolve (at most `shutdown_grace`). Settings that cannot
-    /// change while running (listener, keys, exports, environment) refuse the
-    /// whole file. A probe that cannot start is reported, the others run.
-    pub async fn reload(&mut self, new: &Config) -> Result<ReloadSummary, ReloadError> {
+    /// changed ones end and start again, going on from their predecessor's
+    /// counts; removed ones end; added ones start. An ending probe sends no
+    /// more canaries and keeps catching until every canary in flight is
+    /// caught or past its deadline. Settings that cannot change while
+    /// running (listener, keys, exports, environment) refuse the whole file.
+    /// A probe that cannot start is reported, the others run. `cancel` (a
+    /// stop signal) ends the wait, and the reload, at once.
+    pub async fn reload(
+        &mut self,
+        new: &Config,
+        cancel: &CancellationToken,
+    ) -> Result<ReloadSummary, ReloadError> {
         let old = &self.config;
         let mut fixed = Vec::new();
         if new.environment != old.environment {
@@ -487,8 +517,30 @@ impl Runtime {
             }
         }
         self.started = keep;
-        let grace = new.shutdown_grace;
-        self.retire(ending, grace).await;
+        let predecessors: Vec<Watched> = ending
+            .iter()
+            .filter(|s| summary.restarted.contains(&s.watched.probe.config.name))
+            .map(|s| s.watched.clone())
+            .collect();
+        if !self.retire(ending, cancel).await {
+            self.publish();
+            return Err(ReloadError::Cancelled);
+        }
+        // Carry the reconnect counts of connections made anew forward, so
+        // `chirp_transport_reconnects_total` never goes down.
+        let old_links = self
+            .connections
+            .as_ref()
+            .map(|c| c.links())
+            .unwrap_or_default();
+        for link in fresh.links() {
+            if let Some(old) = old_links
+                .iter()
+                .find(|o| o.connection == link.connection && o.role == link.role)
+            {
+                link.inherit(old);
+            }
+        }
         let old_conns = self
             .connections
             .get_or_insert_with(Connections::default)
@@ -516,7 +568,11 @@ impl Runtime {
             // A probe started by a reload has a run id of its own: canaries
             // of the probe it replaces, still in the pipeline, count as
             // another run's (`foreign`), never as its own.
-            match self.start_probe(pc, rand::random(), i, n).await {
+            let predecessor = predecessors.iter().find(|w| w.probe.config.name == pc.name);
+            match self
+                .start_probe(pc, rand::random(), i, n, predecessor)
+                .await
+            {
                 Ok(s) => {
                     if !summary.restarted.contains(&pc.name) {
                         summary.started.push(pc.name.clone());
@@ -537,31 +593,49 @@ impl Runtime {
         Ok(summary)
     }
 
-    /// Ends `probes`: no new canaries, then catching until those in flight
-    /// resolve (expired ones are lost) for at most `grace`, then their
-    /// catch sides stop.
-    async fn retire(&mut self, probes: Vec<Started>, grace: Duration) {
+    /// Ends `probes`: no new canaries, then catching until every canary
+    /// in flight is caught or declared lost at its deadline (so what they
+    /// counted is final, and a successor can go on from it), then their
+    /// catch sides stop. False when `cancel` cut the wait short.
+    async fn retire(&mut self, probes: Vec<Started>, cancel: &CancellationToken) -> bool {
         if probes.is_empty() {
-            return;
+            return true;
         }
-        let give_up = Instant::now() + grace;
+        // The longest deadline, and a moment for the last expiry.
+        let longest = probes
+            .iter()
+            .map(|s| s.watched.probe.config.deadline)
+            .max()
+            .unwrap_or_default();
+        let give_up = Instant::now() + longest + Duration::from_secs(1);
         for s in &probes {
             s.inject_stop.cancel();
         }
-        for s in &probes {
-            let _ = tokio::time::timeout_at(give_up, s.inject.wait()).await;
-        }
-        let watched: Vec<Watched> = probes.iter().map(|s| s.watched.clone()).collect();
-        let left = drain_until(&watched, give_up).await;
-        if left > 0 {
-            tracing::warn!(
-                in_flight = left,
-                "Probes ended by the reload still had canaries in flight after shutdown_grace; they are not counted."
-            );
-        }
+        let finished = tokio::select! {
+            _ = cancel.cancelled() => false,
+            left = async {
+                for s in &probes {
+                    let _ = tokio::time::timeout_at(give_up, s.inject.wait()).await;
+                }
+                let watched: Vec<Watched> = probes.iter().map(|s| s.watched.clone()).collect();
+                drain_until(&watched, give_up).await
+            } => {
+                if left > 0 {
+                    tracing::warn!(
+                        in_flight = left,
+                        "Probes ended by the reload still had canaries in flight past their deadline; they are not counted."
+                    );
+                }
+                true
+            }
+        };
         for s in &probes {
             s.stop.cancel();
+            if let Some(t) = &mut self.telemetry {
+                t.forget(&s.watched.probe.config.name);
+            }
         }
+        finished
     }
     /// Waits until every probe's catch side listens and its schedule has started.
     pub async fn ready(&self) {

@@ -5,6 +5,7 @@
 
 use super::{load, Common, Exit};
 use crate::runtime::{Options, Runtime};
+use crate::server::ReloadAnswer;
 use anyhow::Context;
 
 #[derive(clap::Args)]
@@ -47,24 +48,50 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
     }
     let mut reloads = rt.reload_requests();
     loop {
-        tokio::select! {
+        // A reload asked for, and where to answer (none for SIGHUP).
+        let asked = tokio::select! {
             stop = signals.next() => match stop {
                 Signal::Stop => break,
                 Signal::Hangup => {
                     tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration.");
-                    let _ = reload(&mut rt, path).await;
+                    None
                 }
             },
             Some(done) = next(&mut reloads) => {
                 tracing::info!(config = %path.display(), "POST /-/reload: reloading the configuration.");
-                let _ = done.send(reload(&mut rt, path).await);
+                Some(done)
             }
             why = rt.listener_failed() => {
                 rt.shutdown().await;
                 anyhow::bail!("the HTTP listener on {listen} stopped: {why}");
             }
+        };
+        // Signals are still answered while a reload waits for ending probes.
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let mut stopping = false;
+        let answer = {
+            let reloading = reload(&mut rt, path, &cancel);
+            tokio::pin!(reloading);
+            loop {
+                tokio::select! {
+                    a = &mut reloading => break a,
+                    s = signals.next(), if !stopping => if s == Signal::Stop {
+                        tracing::info!("Stop signal during the reload: ending it.");
+                        stopping = true;
+                        cancel.cancel();
+                    },
+                }
+            }
+        };
+        if let Some(done) = asked {
+            let _ = done.send(answer);
+        }
+        if stopping {
+            break;
         }
     }
+    // No more reloads: `POST /-/reload` answers 503 from now on.
+    drop(reloads);
     let grace = rt.config().shutdown_grace;
     tracing::info!(grace = %humantime::format_duration(grace), "Stopping: no new canaries; waiting for those in flight (a second signal stops at once).");
     let left = loop {
@@ -97,7 +124,11 @@ async fn next<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
 
 /// Reads `path` again and applies it. A file with mistakes changes
 /// nothing; every mistake is logged. Returns what to answer `POST /-/reload`.
-async fn reload(rt: &mut Runtime, path: &std::path::Path) -> Result<String, String> {
+async fn reload(
+    rt: &mut Runtime,
+    path: &std::path::Path,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> ReloadAnswer {
     let status = std::sync::Arc::clone(&rt.reload_status);
     let config = match crate::config::load_file(path, &crate::config::ProcessEnv) {
         Ok(c) => c,
@@ -106,10 +137,10 @@ async fn reload(rt: &mut Runtime, path: &std::path::Path) -> Result<String, Stri
             for e in &errors.errors {
                 tracing::error!(config = %path.display(), "Reload refused, nothing changed: {e}");
             }
-            return Err(errors.to_string());
+            return ReloadAnswer::Refused(errors.to_string());
         }
     };
-    match rt.reload(&config).await {
+    match rt.reload(&config, cancel).await {
         Ok(summary) => {
             for p in summary.started.iter().chain(&summary.restarted) {
                 if let Some(pc) = config.probes.iter().find(|c| c.name == *p) {
@@ -126,11 +157,11 @@ async fn reload(rt: &mut Runtime, path: &std::path::Path) -> Result<String, Stri
             if summary.failed.is_empty() {
                 status.succeeded();
                 tracing::info!(config = %path.display(), "Configuration reloaded: {summary}.");
-                Ok(format!("reloaded: {summary}\n"))
+                ReloadAnswer::Done(format!("reloaded: {summary}\n"))
             } else {
                 status.failed();
                 tracing::error!(config = %path.display(), "Configuration reloaded, but not every probe could start: {summary}.");
-                Err(format!(
+                ReloadAnswer::Partly(format!(
                     "reloaded, but not every probe could start: {summary}\n"
                 ))
             }
@@ -139,7 +170,7 @@ async fn reload(rt: &mut Runtime, path: &std::path::Path) -> Result<String, Stri
             status.failed();
             let text = crate::transport::chain(&e);
             tracing::error!(config = %path.display(), "Reload refused: {text}");
-            Err(format!("{}: {text}\n", path.display()))
+            ReloadAnswer::Refused(format!("{}: {text}\n", path.display()))
         }
     }
 }

@@ -49,7 +49,10 @@ struct RawAlerts {
 }
 
 /// Labels `chirp rules` sets itself; the file may not override them.
-const RESERVED: [&str; 8] = [
+/// Labels `chirp rules` sets itself, or the series its alerts fire on
+/// carry (an alert label replacing one would merge series and break the
+/// rule); the file may not set them.
+const RESERVED: [&str; 13] = [
     "alertname",
     "environment",
     "probe",
@@ -58,6 +61,11 @@ const RESERVED: [&str; 8] = [
     "burn_rate",
     "long_window",
     "short_window",
+    "partition",
+    "inject",
+    "catch",
+    "instance",
+    "job",
 ];
 
 /// Reads `alerts:`; `None` when a mistake was reported.
@@ -81,7 +89,10 @@ pub fn read(value: Option<&Value>, p: &mut Problems) -> Option<AlertsConfig> {
                 "is not a Prometheus label name: [a-zA-Z_][a-zA-Z0-9_]*, not starting with __",
             );
         } else if RESERVED.contains(&name.as_str()) {
-            p.add(at, "is set by `chirp rules` itself");
+            p.add(
+                at,
+                "is set by `chirp rules` itself, or by the series its alerts watch",
+            );
         }
     }
     if let Some(url) = &raw.runbook_url {

@@ -354,6 +354,19 @@ fn read(root: &Value, env: &dyn Env, p: &mut Problems) -> Option<Config> {
     }
     let top: RawTop = section(root, "", p)?;
     let environment = top.environment.unwrap_or_else(|| "default".into());
+    // It is a label value, a rule group's name and part of alert text, where
+    // Prometheus expands templates: plain printable text only.
+    if environment.is_empty()
+        || environment.chars().count() > 64
+        || environment
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '{' | '}' | '"' | '\\' | '$'))
+    {
+        p.add(
+            "environment",
+            "must be 1 to 64 printable characters without { } \" \\ or $",
+        );
+    }
     let signing_key = match top.signing_key {
         None => {
             p.add(

@@ -517,3 +517,24 @@ fn alerts_take_labels_a_runbook_and_thresholds_within_bounds() {
         );
     }
 }
+
+#[test]
+fn the_environment_is_plain_text() {
+    let probes = "probes:\n  - {name: a, inject: {http: {url: /hooks/a}}, catch: {http: {}}}\n";
+    for bad in ["'{{ $value }}'", "\"a\\nb\"", "''"] {
+        let e = errors(&format!(
+            "signing_key: ${{KEY}}\nenvironment: {bad}\n{probes}"
+        ));
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("environment: must be 1 to 64 printable")),
+            "{bad}: {e:#?}"
+        );
+    }
+    let ok = load_str(
+        &format!("signing_key: ${{KEY}}\nenvironment: eu-west prod.2\n{probes}"),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(ok.environment, "eu-west prod.2");
+}

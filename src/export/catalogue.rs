@@ -319,7 +319,14 @@ impl Live {
     }
 
     pub fn set(&self, running: Running) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(running);
+        let old = {
+            let mut now = self.0.write().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *now, Arc::new(running))
+        };
+        // Outside the lock: the last reference to an ended probe's clients
+        // may take a while to drop (a Kafka producer flushes), and readers
+        // (scrapes) must not wait for it.
+        drop(old);
     }
 }
 

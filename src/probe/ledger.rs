@@ -288,6 +288,21 @@ impl Ledger {
         self.counts
     }
 
+    /// Takes over what `old` counted (a probe started again by a reload),
+    /// so its counters go on rather than start from zero. `old` has no
+    /// canary in flight (its probe waited for every deadline); any still
+    /// there are dropped from `sent`, as at shutdown.
+    pub fn inherit(&mut self, old: &Ledger) {
+        let mut c = old.counts;
+        c.sent -= c.in_flight;
+        c.in_flight = 0;
+        self.counts.add(&c);
+        self.e2e.inherit(&old.e2e);
+        self.publish.inherit(&old.publish);
+        self.lag.inherit(&old.lag);
+        self.last_caught = self.last_caught.max(old.last_caught);
+    }
+
     /// When one of this lane's canaries was last caught; the ledger's
     /// creation until the first.
     pub fn last_caught(&self) -> Instant {

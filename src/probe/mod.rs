@@ -135,6 +135,26 @@ impl Probe {
         }
     }
 
+    /// Takes over `old`'s counts, lane by lane (a lane the new probe does
+    /// not have yet goes to its first), before this probe sends anything:
+    /// a probe started again by a reload keeps its series monotonic.
+    pub fn inherit(&self, old: &Probe) {
+        let lanes = self.lanes();
+        for lane in old.lanes() {
+            let into = lanes
+                .iter()
+                .find(|l| l.id.id == lane.id.id)
+                .or(lanes.first());
+            match into {
+                Some(into) => into.ledger().inherit(&lane.ledger()),
+                None => tracing::warn!(
+                    probe = %self.name(),
+                    "No partition is known yet: the counts of the probe this one replaces start again from zero."
+                ),
+            }
+        }
+    }
+
     /// The lanes, in id order.
     pub fn lanes(&self) -> Vec<Arc<Lane>> {
         self.lanes.read().unwrap_or_else(|p| p.into_inner()).clone()

@@ -33,7 +33,18 @@ pub struct AppState {
 }
 
 /// A reload asked for over HTTP, and where its outcome goes.
-pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
+pub type ReloadRequest = oneshot::Sender<ReloadAnswer>;
+
+/// What a reload did, in words for its caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadAnswer {
+    /// Applied (200).
+    Done(String),
+    /// Refused: nothing changed (400).
+    Refused(String),
+    /// Applied, but some probes could not start (500).
+    Partly(String),
+}
 
 impl AppState {
     /// `src` is what `/metrics` exports; its probes are also the API's and
@@ -96,7 +107,8 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 /// `POST /-/reload`: reloads the configuration file as SIGHUP does and
 /// answers once it is done: 200 with what changed, 400 with every error of a
-/// file that was refused (nothing changed), 503 while chirp is stopping.
+/// file that was refused (nothing changed), 500 when it was applied but a
+/// probe could not start, 503 while chirp is stopping.
 async fn reload(State(state): State<Arc<AppState>>) -> Response {
     let Some(tx) = &state.reload else {
         return StatusCode::NOT_FOUND.into_response();
@@ -106,8 +118,9 @@ async fn reload(State(state): State<Arc<AppState>>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "chirp is stopping\n").into_response();
     }
     match outcome.await {
-        Ok(Ok(text)) => (StatusCode::OK, text).into_response(),
-        Ok(Err(text)) => (StatusCode::BAD_REQUEST, text).into_response(),
+        Ok(ReloadAnswer::Done(text)) => (StatusCode::OK, text).into_response(),
+        Ok(ReloadAnswer::Refused(text)) => (StatusCode::BAD_REQUEST, text).into_response(),
+        Ok(ReloadAnswer::Partly(text)) => (StatusCode::INTERNAL_SERVER_ERROR, text).into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "chirp is stopping\n").into_response(),
     }
 }

@@ -308,7 +308,14 @@ impl SloTracker {
     pub fn state(&mut self, now: Instant, lanes: usize) -> SloState {
         self.advance(now);
         let wall = self.wall_s(now);
-        let period = Self::sum(&self.hours, 3600, wall, self.period_s);
+        // Periods of up to 6 hours are summed by the minute (a 90m period
+        // is not a whole number of hours); longer ones by the hour.
+        let slices = Self::sum(&self.hours, 3600, wall, self.period_s);
+        let period = if self.period_s <= MINUTES as u64 * 60 {
+            Self::sum(&self.minutes, 60, wall, self.period_s)
+        } else {
+            slices
+        };
         let mut slis = Vec::new();
         for (sli, objective, good_of) in [
             (
@@ -351,7 +358,7 @@ impl SloTracker {
         SloState {
             slis,
             totals: self.totals,
-            slice_compliance: ratio(period.slices_good, period.slices_good + period.slices_bad),
+            slice_compliance: ratio(slices.slices_good, slices.slices_good + slices.slices_bad),
             slice_seconds: self.slice_s,
             period_seconds: self.period_s,
             recent_slices: self.recent.iter().copied().collect(),
@@ -374,6 +381,26 @@ impl SloObserver {
                 tracker: Mutex::new(t),
             })
         })
+    }
+
+    /// The probe now sends every `interval` (a reload changed it): the
+    /// period's allowance follows; what was counted stays.
+    pub fn set_interval(&self, interval: Duration) {
+        let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        t.per_period = t.period_s as f64 / interval.as_secs_f64().max(1e-9);
+    }
+
+    /// Takes over `old`'s totals (a reload changed the objectives): the
+    /// counters go on; the windows start afresh.
+    pub fn inherit_totals(&self, old: &SloObserver) {
+        let o = old.tracker.lock().unwrap_or_else(|p| p.into_inner()).totals;
+        let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        t.totals.events += o.events;
+        t.totals.latency_good += o.latency_good;
+        t.totals.delivery_good += o.delivery_good;
+        t.totals.slices_good += o.slices_good;
+        t.totals.slices_bad += o.slices_bad;
+        t.totals.slices_no_data += o.slices_no_data;
     }
 
     /// The state at `now` of a probe with `lanes` lanes.

@@ -330,7 +330,7 @@ fn self_alerts(y: &mut String, config: &Config, e: &str) {
         &[("severity", "ticket".into())],
         &[
             ("summary", "chirp ({{ $labels.environment }}, {{ $labels.instance }}) runs an older configuration than its file".to_owned()),
-            ("description", "chirp_config_last_reload_successful is {{ $value }} for 10m: the last SIGHUP or POST /-/reload was refused (a mistake in the file, or a setting that needs a restart), and chirp still runs the configuration it loaded before. Its log lists every mistake; `chirp validate -c <file>` prints them too.".to_owned()),
+            ("description", "chirp_config_last_reload_successful is {{ $value }} for 10m: the last SIGHUP or POST /-/reload was refused (a mistake in the file, or a setting that needs a restart: chirp still runs the configuration it had), or applied with probes that could not start (they are not running). Its log says which; `chirp validate -c <file>` prints a file's mistakes too.".to_owned()),
         ],
     );
 
@@ -349,6 +349,8 @@ fn self_alerts(y: &mut String, config: &Config, e: &str) {
                 pq(&p.name)
             ))
         );
+        // One scrape is not enough to page on.
+        let _ = writeln!(y, "        for: 1m");
         labels_and_annotations(
             y,
             config,

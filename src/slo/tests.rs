@@ -181,3 +181,21 @@ async fn slices_follow_a_step_of_the_wall_clock() {
         wall0.duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_period_of_90_minutes_counts_90_minutes() {
+    let wall = UNIX_EPOCH + Duration::from_secs(1_800_000_000 / 3600 * 3600);
+    let mut slo = slo();
+    slo.period = Duration::from_secs(90 * 60);
+    let mut t = SloTracker::new(&slo, 6 * 1000 * MS, Instant::now(), wall).unwrap();
+    // One failure a minute for 100 minutes: the last 90 (this minute and
+    // the 89 before it) are in the period; an hour's bucket would hold 40.
+    for minute in 0..100 {
+        if minute > 0 {
+            advance(MIN).await;
+        }
+        t.record(Instant::now(), Resolved::Failed);
+    }
+    let s = t.state(Instant::now(), 1);
+    assert_eq!(s.slis[1].error_budget_spent, 90, "{:?}", s.slis[1]);
+}

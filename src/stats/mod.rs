@@ -239,11 +239,76 @@ impl LatencyStats {
     pub fn count(&self) -> u64 {
         self.cumulative.len()
     }
+
+    /// Adds what `old` recorded since its start, so a probe that starts
+    /// again (a reload) goes on counting: the cumulative percentiles, and
+    /// the Prometheus buckets. Where the bounds differ (an SLO threshold
+    /// changed), each bound gets `old`'s count at the nearest bound at or
+    /// below it: exact for every bound both have. The rolling window starts
+    /// afresh.
+    pub fn inherit(&mut self, old: &LatencyStats) {
+        // Both clamp to their own maximum; a failure (an old value above
+        // this histogram's range) leaves the percentiles without it.
+        let _ = self.cumulative.add(&old.cumulative);
+        self.sum_s += old.sum_s;
+        if old.bounds_us == self.bounds_us {
+            for (a, b) in self.bucket_counts.iter_mut().zip(&old.bucket_counts) {
+                *a += b;
+            }
+            return;
+        }
+        // Cumulative count of `old` at or below `bound`.
+        let at_or_below = |bound: u64| -> u64 {
+            old.bounds_us
+                .iter()
+                .zip(&old.bucket_counts)
+                .take_while(|(b, _)| **b <= bound)
+                .map(|(_, c)| c)
+                .sum()
+        };
+        let mut below = 0;
+        for (i, bound) in self.bounds_us.iter().enumerate() {
+            let cum = at_or_below(*bound);
+            self.bucket_counts[i] += cum - below;
+            below = cum;
+        }
+        let total: u64 = old.bucket_counts.iter().sum();
+        let last = self.bounds_us.len();
+        self.bucket_counts[last] += total - below;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_successor_goes_on_counting_even_with_another_threshold() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        let mut old = LatencyStats::new(Duration::from_secs(10), &[], now);
+        for v in [1, 3, 40, 300] {
+            old.record(ms(v), now);
+        }
+        // Same bounds: the buckets add up exactly.
+        let mut same = LatencyStats::new(Duration::from_secs(10), &[], now);
+        same.record(ms(2), now);
+        same.inherit(&old);
+        assert_eq!(same.buckets().count, 5);
+        assert_eq!(same.buckets().at_or_below(0.005), 3);
+        assert_eq!(same.count(), 5);
+        // A new 42 ms threshold: every bound both have is exact, and the new
+        // one is never below the bound under it.
+        let mut other = LatencyStats::new(Duration::from_secs(10), &[ms(42)], now);
+        other.inherit(&old);
+        let b = other.buckets();
+        assert_eq!(b.count, 4);
+        assert_eq!(b.at_or_below(0.025), 2);
+        assert_eq!(b.at_or_below(0.05), 3);
+        assert_eq!(b.at_or_below(0.042), 2);
+        assert_eq!(b.at_or_below(10.0), 4);
+        assert!((b.sum - 0.344).abs() < 1e-9, "{}", b.sum);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn percentiles_are_within_three_significant_figures() {

@@ -431,6 +431,13 @@ pub struct LinkStatus {
 }
 
 impl LinkStatus {
+    /// Goes on from `old`'s count (the same connection and role, made anew
+    /// by a reload).
+    pub fn inherit(&self, old: &LinkStatus) {
+        self.reconnects
+            .fetch_add(old.reconnects(), std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn new(connection: &str, role: &'static str) -> Arc<LinkStatus> {
         Arc::new(LinkStatus {
             connection: connection.to_owned(),

@@ -44,7 +44,8 @@ pub struct Telemetry {
     /// Export counts per signal, also served on `/metrics`.
     pub status: Vec<Arc<SignalStatus>>,
     observers: Option<metrics::Observers>,
-    traces: Vec<Arc<TraceObserver>>,
+    /// Each probe's trace observer, by probe name.
+    traces: Vec<(String, Arc<TraceObserver>)>,
 }
 
 /// The resource: chirp's own attributes, then those of the environment
@@ -54,6 +55,7 @@ fn resource(environment: &str) -> Resource {
         .with_attributes([
             KeyValue::new("service.name", "chirp"),
             KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            KeyValue::new("chirp.revision", crate::version::REVISION),
             KeyValue::new(
                 "service.instance.id",
                 format!("{:032x}", rand::random::<u128>()),
@@ -182,6 +184,18 @@ impl Telemetry {
         })
     }
 
+    /// A probe ended (a reload): the spans of its canaries still open end
+    /// now, as at shutdown, and its trace observer goes.
+    pub fn forget(&mut self, probe: &str) {
+        let now = std::time::SystemTime::now();
+        self.traces.retain(|(name, t)| {
+            if name == probe {
+                t.end_open(now);
+            }
+            name != probe
+        });
+    }
+
     /// The observers that record one probe's latency histograms and traces.
     pub fn observers(
         &mut self,
@@ -204,7 +218,7 @@ impl Telemetry {
                 &config.catch.end(&config.name),
             );
             let t = Arc::new(TraceObserver::new(tracer, config.deadline));
-            self.traces.push(Arc::clone(&t));
+            self.traces.push((config.name.clone(), Arc::clone(&t)));
             out.push(t);
         }
         out
@@ -223,7 +237,7 @@ impl Telemetry {
     /// once more and stops the exporters, waiting at most `limit`.
     pub async fn shutdown(self, limit: Duration) {
         let now = std::time::SystemTime::now();
-        for t in &self.traces {
+        for (_, t) in &self.traces {
             t.end_open(now);
         }
         let Telemetry {

@@ -122,7 +122,11 @@ pub async fn build(
             }
             Err(e) if ctx.fail_fast => return Err(e.setup(what())),
             Err(e) if super::answered(&e) => {
-                tracing::warn!(probe = %probe, error = %crate::transport::chain(&e), "The inject topic does not exist (yet); retrying.")
+                // A topic that does not exist has no partition to stall:
+                // partition 0's canaries fail to publish and show it, so
+                // the probe is never silent.
+                tracing::warn!(probe = %probe, error = %crate::transport::chain(&e), "The inject topic does not exist (yet); sending to partition 0 and retrying.");
+                inject.add_lanes(vec![0]);
             }
             Err(e) => {
                 // The brokers do not answer. Every topic has a partition 0:
