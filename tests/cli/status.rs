@@ -129,16 +129,16 @@ fn state<'a>(html: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Fetches the page (and its `data-state` for `name`) until `want`, for at most `limit`.
-fn wait_for_state(port: u16, name: &str, want: &str, limit: Duration) -> String {
+fn wait_for_state(port: u16, name: &str, want: &[&str], limit: Duration) -> String {
     let give_up = Instant::now() + limit;
     loop {
         let page = http_get(port, "/").unwrap_or_default();
-        if state(&page, name) == Some(want) {
+        if state(&page, name).is_some_and(|s| want.contains(&s)) {
             return page;
         }
         assert!(
             Instant::now() < give_up,
-            "{name} was not {want} within {limit:?}; last page:\n{page}"
+            "{name} was not {want:?} within {limit:?}; last page:\n{page}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -172,7 +172,7 @@ fn a_real_broker_outage_shows_as_down_in_the_browser() {
     let config = nats_conf(&nats.url())
         .listen(format!("127.0.0.1:{port}"))
         .probe(
-            "{name: orders, interval: 100ms, deadline: 2s, \
+            "{name: orders, interval: 100ms, deadline: 5s, \
              inject: {nats: {connection: main, subject: ci.orders}}, \
              catch: {nats: {connection: main, subject: ci.orders}}, \
              slo: {latency: {threshold: 500ms, objective: 99%}, delivery: {objective: 99.9%}}}",
@@ -196,10 +196,16 @@ fn a_real_broker_outage_shows_as_down_in_the_browser() {
     let url = format!("http://127.0.0.1:{port}/");
     let chirp_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
-    // Healthy first, as served and as the browser renders it.
-    wait_for_state(port, "orders", "healthy", Duration::from_secs(30));
+    // Delivering first, as served and as the browser renders it: healthy,
+    // or degraded when a loaded machine (CI) made a canary miss its
+    // deadline in the last minute; never down.
+    let up = ["healthy", "degraded"];
+    wait_for_state(port, "orders", &up, Duration::from_secs(30));
     let dom = dump_dom(&url);
-    assert_eq!(state(&dom, "orders"), Some("healthy"), "{dom}");
+    assert!(
+        state(&dom, "orders").is_some_and(|s| up.contains(&s)),
+        "{dom}"
+    );
 
     // A real outage: the broker is killed.
     nats.kill();

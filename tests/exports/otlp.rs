@@ -25,7 +25,7 @@ fn config(nats_url: &str, otlp_yaml: &str, probes_yaml: &str) -> chirp::config::
 
 fn loopback_probe(name: &str, interval: &str) -> String {
     format!(
-        "  - name: {name}\n    interval: {interval}\n    deadline: 2s\n\
+        "  - name: {name}\n    interval: {interval}\n    deadline: 5s\n\
          \x20   inject: {{nats: {{connection: main, subject: {name}.loop}}}}\n\
          \x20   catch: {{nats: {{connection: main, subject: {name}.loop}}}}\n"
     )
