@@ -39,10 +39,15 @@ fn init_logging(format: LogFormat, default_level: &str) {
             filter = filter.add_directive(cap);
         }
     }
+    // Colour only for a person at a terminal: a file or journald gets plain
+    // text, and NO_COLOR (https://no-color.org: set and not empty) turns it off.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     // A log line that cannot be written (stderr closed) is dropped: never a panic.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),

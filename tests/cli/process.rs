@@ -124,3 +124,44 @@ fn sighup_reloads_rather_than_stops_chirp_and_a_second_sigterm_stops_it_at_once(
     );
     assert!(err.contains("Second signal: stopping at once"), "{err}");
 }
+
+/// A log file or journald gets plain text: no ANSI escape in what chirp
+/// writes to a stderr that is not a terminal.
+#[test]
+fn logs_to_a_file_have_no_colour_codes() {
+    let port = free_port();
+    let cfg = self_test(port);
+    let dir = crate::support::TempDir::new("chirp-plain-log");
+    let log = dir.path().join("stderr.log");
+    let mut child = Command::new(&*CHIRP)
+        .args(["run", "-c"])
+        .arg(&cfg.path)
+        .env_remove("NO_COLOR")
+        .env("CHIRP_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while Scrape::blocking(port).is_none_or(|s| s.sum("chirp_canaries_delivered_total", &[]) < 5.0)
+    {
+        assert!(Instant::now() < give_up, "no deliveries within 10s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let text = std::fs::read(&log).unwrap();
+    assert!(
+        String::from_utf8_lossy(&text).contains("chirp is running"),
+        "{}",
+        String::from_utf8_lossy(&text)
+    );
+    assert!(
+        !text.contains(&0x1b),
+        "an escape byte in the log file:\n{}",
+        String::from_utf8_lossy(&text)
+    );
+}
