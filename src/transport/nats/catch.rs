@@ -21,14 +21,14 @@ impl CatchHandle for NatsCatch {
         is_connected(&self.client)
     }
 
-    /// Connected, and a flush went through after the SUB: the server has the subscription.
+    /// Connected, and a message to ourselves came back through the server:
+    /// the server has processed everything this client sent before it, the
+    /// catch subscription included. (The client's `flush` only writes to the
+    /// socket: a canary published on the inject client could still reach the
+    /// server first, and the first canary was lost on a loaded machine.)
     async fn ready(&self, stop: &CancellationToken) -> bool {
         loop {
-            if is_connected(&self.client)
-                && tokio::time::timeout(Duration::from_secs(2), self.client.flush())
-                    .await
-                    .is_ok_and(|r| r.is_ok())
-            {
+            if is_connected(&self.client) && round_trip(&self.client).await {
                 return true;
             }
             tokio::select! {
@@ -37,6 +37,21 @@ impl CatchHandle for NatsCatch {
             }
         }
     }
+}
+
+/// Sends an empty message to a fresh inbox of `client` and waits (2 s at
+/// most) for it to come back.
+async fn round_trip(client: &Client) -> bool {
+    let inbox = client.new_inbox();
+    let Ok(mut sub) = client.subscribe(inbox.clone()).await else {
+        return false;
+    };
+    let back = client.publish(inbox, bytes::Bytes::new()).await.is_ok()
+        && tokio::time::timeout(Duration::from_secs(2), sub.next())
+            .await
+            .is_ok_and(|m| m.is_some());
+    let _ = sub.unsubscribe().await;
+    back
 }
 
 /// Subscribes and spawns the catch loop.

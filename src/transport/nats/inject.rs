@@ -1,6 +1,7 @@
 //! Publishes canaries with the token in the `Chirp-Token` header (and the
 //! body). Core NATS has no per-message acknowledgement: the publish latency
-//! is the round trip of a flush after the publish.
+//! lasts until the client's flush has written the message to its socket
+//! (async-nats' `flush` is not a round trip to the server).
 
 use super::{config::InjectConfig, is_connected, Connected};
 use crate::canary;
