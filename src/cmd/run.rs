@@ -36,16 +36,7 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
         run_id = %format!("{:016x}", rt.run_id),
         "chirp is running."
     );
-    for p in &config.probes {
-        tracing::info!(
-            probe = %p.name,
-            inject = p.inject.system(),
-            catch = p.catch.system(),
-            interval = %humantime::format_duration(p.interval),
-            deadline = %humantime::format_duration(p.deadline),
-            "Probe started."
-        );
-    }
+    config.probes.iter().for_each(log_started);
     let mut reloads = rt.reload_requests();
     loop {
         // A reload asked for, and where to answer (none for SIGHUP).
@@ -114,6 +105,18 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
+/// One line per probe started (at start, or by a reload).
+fn log_started(p: &crate::config::ProbeConfig) {
+    tracing::info!(
+        probe = %p.name,
+        inject = p.inject.system(),
+        catch = p.catch.system(),
+        interval = %humantime::format_duration(p.interval),
+        deadline = %humantime::format_duration(p.deadline),
+        "Probe started."
+    );
+}
+
 /// The next reload asked for over HTTP; pending forever when none can be.
 async fn next<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
     match rx {
@@ -142,18 +145,13 @@ async fn reload(
     };
     match rt.reload(&config, cancel).await {
         Ok(summary) => {
-            for p in summary.started.iter().chain(&summary.restarted) {
-                if let Some(pc) = config.probes.iter().find(|c| c.name == *p) {
-                    tracing::info!(
-                        probe = %pc.name,
-                        inject = pc.inject.system(),
-                        catch = pc.catch.system(),
-                        interval = %humantime::format_duration(pc.interval),
-                        deadline = %humantime::format_duration(pc.deadline),
-                        "Probe started."
-                    );
-                }
-            }
+            config
+                .probes
+                .iter()
+                .filter(|pc| {
+                    summary.started.contains(&pc.name) || summary.restarted.contains(&pc.name)
+                })
+                .for_each(log_started);
             if summary.failed.is_empty() {
                 status.succeeded();
                 tracing::info!(config = %path.display(), "Configuration reloaded: {summary}.");

@@ -21,7 +21,8 @@ fn target(p: &ProbeConfig) -> (String, String) {
     (p.inject.end().description, p.catch.end(&p.name).description)
 }
 
-/// YAML double-quoted string.
+/// A double-quoted string, escaped alike for YAML and for PromQL (both
+/// take `\"`, `\\` and `\n`): a YAML value, or a PromQL string literal.
 fn q(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -60,22 +61,6 @@ fn regex_escape(name: &str) -> String {
     out
 }
 
-/// A PromQL string literal.
-fn pq(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// Writes one alert's labels and annotations: `own` labels first, then the
 /// configured ones; `runbook_url` when configured.
 fn labels_and_annotations(
@@ -110,7 +95,7 @@ fn labels_and_annotations(
 /// files of several environments load into one Prometheus side by side.
 pub fn render(config: &Config) -> String {
     let env = &config.environment;
-    let e = format!("environment={}", pq(env));
+    let e = format!("environment={}", q(env));
     let mut y = String::new();
     let _ = writeln!(
         y,
@@ -147,7 +132,7 @@ pub fn render(config: &Config) -> String {
             .filter(|pc| pc.slo.period.as_secs() == period)
             .map(|pc| regex_escape(&pc.name))
             .collect();
-        let e = format!("{e}, probe=~{}", pq(&names.join("|")));
+        let e = format!("{e}, probe=~{}", q(&names.join("|")));
         let by_sli = "sum by (environment, probe, sli)";
         let _ = writeln!(y, "      - record: chirp:sli_compliance:ratio{p}");
         let _ = writeln!(
@@ -210,7 +195,7 @@ pub fn render(config: &Config) -> String {
             for (severity, factor, long, short, for_) in ALERTS {
                 // Rounded so the rule reads 0.0144, not 0.014400000000000001.
                 let threshold = (factor * budget * 1e12).round() / 1e12;
-                let sel = format!("{{{e}, probe={}, sli=\"{sli}\"}}", pq(&p.name));
+                let sel = format!("{{{e}, probe={}, sli=\"{sli}\"}}", q(&p.name));
                 let exhaust = period_label((p.slo.period.as_secs() as f64 / factor) as u64);
                 let _ = writeln!(y, "      - alert: ChirpErrorBudgetBurn");
                 let _ = writeln!(
@@ -345,8 +330,8 @@ fn self_alerts(y: &mut String, config: &Config, e: &str) {
             "        expr: {}",
             q(&format!(
                 "timestamp(chirp_last_caught_timestamp_seconds{{{e}, probe={}}}) - chirp_last_caught_timestamp_seconds{{{e}, probe={}}} > {threshold}",
-                pq(&p.name),
-                pq(&p.name)
+                q(&p.name),
+                q(&p.name)
             ))
         );
         // One scrape is not enough to page on.

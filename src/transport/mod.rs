@@ -5,9 +5,12 @@
 //! connect, build an injector and start a catch. The rest of chirp talks to
 //! the small traits below, so it never names a transport.
 
+mod errors;
 pub mod http;
 pub mod kafka;
 pub mod nats;
+
+pub use errors::{chain, classify_io};
 
 use crate::canary::Signer;
 use crate::config::errors::{hint, Problems};
@@ -672,66 +675,5 @@ impl Connections {
             k.close().await;
         }
         drop(self.nats);
-    }
-}
-
-/// The error and its sources, joined by `: ` (for log lines).
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
-/// The failure kind an operating-system error in the chain says, if any.
-pub fn classify_io(e: &(dyn std::error::Error + 'static)) -> Option<FailureKind> {
-    use std::io::ErrorKind as K;
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return Some(match io.kind() {
-                K::TimedOut | K::WouldBlock => FailureKind::Timeout,
-                K::PermissionDenied => FailureKind::Auth,
-                K::ConnectionRefused
-                | K::ConnectionReset
-                | K::ConnectionAborted
-                | K::NotConnected
-                | K::BrokenPipe
-                | K::AddrNotAvailable
-                | K::HostUnreachable
-                | K::NetworkUnreachable
-                | K::NetworkDown
-                | K::UnexpectedEof => FailureKind::Unavailable,
-                _ => FailureKind::Other,
-            });
-        }
-        cur = err.source();
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn operating_system_errors_anywhere_in_the_chain_are_classified() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("request failed")]
-        struct Outer(#[source] std::io::Error);
-        let refused = Outer(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        assert_eq!(classify_io(&refused), Some(FailureKind::Unavailable));
-        let timed_out = Outer(std::io::Error::from(std::io::ErrorKind::TimedOut));
-        assert_eq!(classify_io(&timed_out), Some(FailureKind::Timeout));
-        let plain: BoxError = "no io error here".into();
-        assert_eq!(classify_io(plain.as_ref()), None);
-        assert_eq!(chain(&refused), "request failed: connection refused");
     }
 }

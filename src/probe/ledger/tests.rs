@@ -298,3 +298,53 @@ async fn the_last_catch_is_any_catch_of_a_sent_canary() {
     l.caught(99, Instant::now(), &mut Vec::new());
     assert_eq!(l.last_caught(), first + 50 * MS);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_successor_takes_over_every_count_and_keeps_the_invariant() {
+    let mut old = ledger();
+    let seqs = send_n(&mut old, 6).await;
+    for s in &seqs[..3] {
+        old.caught(*s, Instant::now(), &mut Vec::new());
+    }
+    old.caught(seqs[0], Instant::now(), &mut Vec::new()); // a duplicate
+    old.publish_failed(seqs[3], FailureKind::Auth, Instant::now(), &mut Vec::new());
+    old.stray(Stray::Foreign);
+    // Seq 4 and 5 expire: lost.
+    advance(2000 * MS).await;
+    old.expire(Instant::now(), &mut Vec::new());
+    let was = old.counts();
+    assert_eq!(
+        (
+            was.sent,
+            was.delivered,
+            was.lost,
+            was.publish_failed,
+            was.in_flight
+        ),
+        (6, 3, 2, 1, 0)
+    );
+    let mut new = ledger();
+    let mine = send_n(&mut new, 2).await;
+    new.caught(mine[0], Instant::now(), &mut Vec::new());
+    new.inherit(&old);
+    let c = new.counts();
+    assert_eq!(
+        (c.sent, c.delivered, c.lost, c.publish_failed, c.in_flight),
+        (8, 4, 2, 1, 1)
+    );
+    assert_eq!(
+        (c.duplicate, c.foreign, c.failed(FailureKind::Auth)),
+        (1, 1, 1)
+    );
+    assert!(c.invariant_holds(), "{c:?}");
+    assert_eq!(new.e2e.count(), 4, "the latency histogram goes on too");
+    // A predecessor cut short (a stop signal) with canaries in flight: they
+    // leave `sent`, as at shutdown, so the invariant still holds.
+    let mut cut = ledger();
+    send_n(&mut cut, 3).await;
+    let mut after = ledger();
+    after.inherit(&cut);
+    let c = after.counts();
+    assert_eq!((c.sent, c.in_flight), (0, 0));
+    assert!(c.invariant_holds());
+}

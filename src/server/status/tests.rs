@@ -1,5 +1,7 @@
 use super::*;
+use crate::history::HistoryView;
 use crate::history::MINUTES;
+use crate::probe::PublishFailure;
 use crate::slo::{SliState, Totals};
 
 fn tally(sent: u64, delivered: u64, lost: u64, publish_failed: u64) -> Tally {
