@@ -10,7 +10,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let json = matches!(cli.log_format, LogFormat::Json);
+    cmd::json_messages(json);
+    if json {
+        json_panics();
+    }
     init_logging(cli.log_format, cli.command.default_log_level());
     chirp::server::listener::on_flood_end(release_memory);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -19,14 +27,71 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            cmd::err(&format!("error: cannot start the async runtime: {e}\n"));
+            cmd::fatal(&format!("cannot start the async runtime: {e}"));
+            cmd::exiting(Exit::Usage);
             return ExitCode::from(Exit::Usage.code());
         }
     };
     let exit = runtime.block_on(cmd::dispatch(cli.command));
     // Shutdown is bounded already; do not wait on a client's blocking thread.
     runtime.shutdown_timeout(Duration::from_secs(1));
+    cmd::exiting(exit);
     ExitCode::from(exit.code())
+}
+
+/// A command line clap refuses: its own message (help and `--version` go to
+/// stdout as usual), as a JSON line when `--log-format json` was asked for.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::from(if e.use_stderr() {
+            Exit::Usage.code()
+        } else {
+            0
+        });
+    }
+    let args: Vec<String> = std::env::args().collect();
+    let json = args.iter().enumerate().any(|(i, a)| {
+        a == "--log-format=json"
+            || (a == "--log-format" && args.get(i + 1).is_some_and(|v| v == "json"))
+    });
+    if json {
+        cmd::json_messages(true);
+        cmd::fatal(
+            e.render()
+                .to_string()
+                .trim_end()
+                .trim_start_matches("error: "),
+        );
+        cmd::exiting(Exit::Usage);
+    } else {
+        let _ = e.print();
+    }
+    ExitCode::from(Exit::Usage.code())
+}
+
+/// A panic (a bug) is reported as a JSON line too, where and what, then
+/// ends chirp as a panic does.
+fn json_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let place = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        cmd::fatal(&format!("chirp panicked{place}: {what}"));
+    }));
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {

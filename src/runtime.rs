@@ -75,10 +75,20 @@ impl Options {
     }
 }
 
+/// What to do when the address is taken, most often by a `chirp run`
+/// beside a `chirp check` (the OS error follows as the cause).
+fn in_use_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        " (another process listens there, a running `chirp run`? Give another address with --listen, e.g. --listen 127.0.0.1:0 for any free port, or change `listen:` in the configuration)"
+    } else {
+        ""
+    }
+}
+
 /// Why chirp could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}")]
+    #[error("cannot listen on {addr}{}", in_use_hint(source))]
     Bind {
         addr: SocketAddr,
         #[source]

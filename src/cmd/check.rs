@@ -2,7 +2,7 @@
 //! every one is resolved (at most its deadline), evaluate the objectives
 //! over the run, write the report, and pass or fail.
 
-use super::{err, load, out, Common, Exit};
+use super::{fatal, load, out, Common, Exit};
 use crate::report::check::{CheckReport, Gates, Verdict};
 use crate::report::ProbeReport;
 use crate::runtime::{Listen, Options, Runtime};
@@ -74,8 +74,8 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
             .map(|n| format!("`{n}`"))
             .collect();
         if !unknown.is_empty() {
-            err(&format!(
-                "error: no probe named {} in {} (probes: {})\n",
+            fatal(&format!(
+                "no probe named {} in {} (probes: {})",
                 unknown.join(", "),
                 path.display(),
                 known.join(", ")
@@ -85,7 +85,7 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
         config.probes.retain(|p| args.probes.contains(&p.name));
     }
     if args.count == Some(0) {
-        err("error: --count must be at least 1\n");
+        fatal("--count must be at least 1");
         return Ok(Exit::Usage);
     }
     let opts = Options {
@@ -101,7 +101,7 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
     let mut rt = match Runtime::start(&config, opts).await {
         Ok(rt) => rt,
         Err(e) if e.is_unreachable() => {
-            err(&format!("error: {:#}\n", anyhow::Error::new(e)));
+            fatal(&format!("{:#}", anyhow::Error::new(e)));
             return Ok(Exit::Unreachable);
         }
         Err(e) => return Err(anyhow::Error::new(e).context("cannot start the check")),

@@ -11,7 +11,9 @@ pub fn run(path: &Path) -> Exit {
     let n = config.probes.len();
     out(&format!(
         "{}: ok ({n} probe{}, environment `{}`)\n",
-        path.display(),
+        std::path::absolute(path)
+            .unwrap_or_else(|_| path.to_owned())
+            .display(),
         if n == 1 { "" } else { "s" },
         config.environment
     ));

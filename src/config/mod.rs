@@ -152,7 +152,12 @@ pub const DEMO_SIGNING_KEY: &str = "chirp-demo-key-not-secret";
 
 /// Reads and validates a configuration file.
 pub fn load_file(path: &Path, env: &dyn Env) -> Result<Config, ConfigErrors> {
-    let file = path.display().to_string();
+    // Errors name the file as read: a relative path made absolute, so
+    // "which probes.yaml?" has an answer.
+    let file = std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_owned())
+        .display()
+        .to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
         file: file.clone(),
         errors: vec![ConfigError {

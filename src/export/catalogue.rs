@@ -5,6 +5,7 @@
 
 use super::listener::{ListenerStats, Rejection};
 use super::otlp::SignalStatus;
+use super::process::ProcessRow;
 use crate::outcome::{Counts, FailureKind, LaneId};
 use crate::report::Watched;
 use crate::slo::{SliState, SloState};
@@ -47,10 +48,11 @@ pub enum Group {
     Listener,
     Export,
     Config,
+    Process,
 }
 
 impl Group {
-    pub const ALL: [Group; 9] = [
+    pub const ALL: [Group; 10] = [
         Group::Outcomes,
         Group::Observations,
         Group::Latency,
@@ -60,6 +62,7 @@ impl Group {
         Group::Listener,
         Group::Export,
         Group::Config,
+        Group::Process,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +76,7 @@ impl Group {
             Group::Listener => "listener",
             Group::Export => "export",
             Group::Config => "config",
+            Group::Process => "process",
         }
     }
 }
@@ -93,7 +97,7 @@ pub enum Read {
     /// One value per lane and failure kind (label `kind` / `error.type`).
     FailedByKind,
     Lane(fn(&LaneRow) -> f64),
-    /// Percentiles per lane, over the last minute and since start (labels `quantile`, `window`).
+    /// Percentiles per lane, over the last minute and since start (labels `percentile`, `window`).
     Quantiles(fn(&LaneRow) -> (Summary, Summary)),
     /// Recorded as canaries resolve (OTLP); read from the ledger's buckets (Prometheus).
     Histogram(Measure),
@@ -120,6 +124,8 @@ pub enum Read {
     ListenerOpen,
     /// The last configuration reload: (successful, Unix time of the last success).
     Reload(fn((bool, f64)) -> f64),
+    /// chirp's process (Prometheus only, as client libraries export it).
+    Process(fn(&ProcessRow) -> Option<f64>),
 }
 
 pub struct Metric {
@@ -138,7 +144,9 @@ pub struct Metric {
 }
 
 const KIND: &[(&str, &str)] = &[("kind", "error.type")];
-const QUANTILE: &[(&str, &str)] = &[("quantile", "quantile"), ("window", "window")];
+// Not `quantile`: Prometheus keeps that label for summaries (`promtool check
+// metrics` refuses it on a gauge).
+const QUANTILE: &[(&str, &str)] = &[("percentile", "percentile"), ("window", "window")];
 const SLI: &[(&str, &str)] = &[("sli", "sli")];
 const BURN: &[(&str, &str)] = &[("sli", "sli"), ("window", "window")];
 const NONE: &[(&str, &str)] = &[];
@@ -249,6 +257,18 @@ pub const CATALOGUE: &[Metric] = &[
         "1 when the last configuration load (the start, SIGHUP or POST /-/reload) succeeded, 0 when the file on disk is not what runs."),
     metric!(Config, "chirp_config_last_reload_success_timestamp_seconds", Some("chirp.config.last_reload.success_timestamp"), Gauge, "s", NONE, Read::Reload(|(_, at)| at),
         "Unix time of the last successful configuration load."),
+    metric!(Process, "process_cpu_seconds_total", None, Counter, "s", NONE, Read::Process(|p| Some(p.cpu_seconds)),
+        "User and system CPU time chirp has used, in seconds."),
+    metric!(Process, "process_resident_memory_bytes", None, Gauge, "By", NONE, Read::Process(|p| Some(p.resident_bytes)),
+        "chirp's resident set size (memory in RAM), in bytes."),
+    metric!(Process, "process_virtual_memory_bytes", None, Gauge, "By", NONE, Read::Process(|p| Some(p.virtual_bytes)),
+        "chirp's virtual memory size, in bytes."),
+    metric!(Process, "process_open_fds", None, Gauge, "", NONE, Read::Process(|p| Some(p.open_fds)),
+        "File descriptors chirp has open (sockets included)."),
+    metric!(Process, "process_max_fds", None, Gauge, "", NONE, Read::Process(|p| p.max_fds),
+        "chirp's limit of open file descriptors (the soft limit; absent when unlimited)."),
+    metric!(Process, "process_start_time_seconds", None, Gauge, "s", NONE, Read::Process(|p| Some(p.start_time)),
+        "Unix time chirp's process started."),
 ];
 
 /// One lane's numbers at one collection.
@@ -294,6 +314,8 @@ pub struct Rows {
     pub links: Vec<(String, &'static str, u64)>,
     /// The listener's rejections by reason, and its open connections.
     pub listener: Option<(Vec<(Rejection, u64)>, u64)>,
+    /// chirp's process, when `/proc` can be read.
+    pub process: Option<ProcessRow>,
 }
 
 /// What runs now: the probes (with their SLO engines) and the client
@@ -389,6 +411,7 @@ impl Rows {
         let mut rows = Rows {
             probes: running.probes.clone(),
             reload: src.reload.read(),
+            process: ProcessRow::read(),
             ..Rows::default()
         };
         for (i, w) in running.probes.iter().enumerate() {
@@ -585,6 +608,16 @@ impl Metric {
                 lane: None,
                 value: Value::Float(pick(rows.reload)),
             }),
+            Read::Process(pick) => {
+                if let Some(v) = rows.process.as_ref().and_then(pick) {
+                    out.push(Sample {
+                        labels: vec![],
+                        probe: None,
+                        lane: None,
+                        value: Value::Float(v),
+                    });
+                }
+            }
             Read::Histogram(_) | Read::Build => {}
         }
         out
@@ -641,7 +674,13 @@ mod tests {
         assert!(prom.windows(2).all(|w| w[0] != w[1]), "{prom:?}");
         assert!(otel.windows(2).all(|w| w[0] != w[1]), "{otel:?}");
         for m in CATALOGUE {
-            assert!(m.prometheus.starts_with("chirp_"), "{}", m.prometheus);
+            // chirp's own, or a process metric named as client libraries name it.
+            assert!(
+                m.prometheus.starts_with("chirp_")
+                    || (m.group == Group::Process && m.prometheus.starts_with("process_")),
+                "{}",
+                m.prometheus
+            );
             assert_eq!(
                 m.kind == Kind::Counter,
                 m.prometheus.ends_with("_total"),
@@ -654,7 +693,13 @@ mod tests {
                 m.otel
             );
             if m.unit == "s" {
-                assert!(m.prometheus.ends_with("_seconds"), "{}", m.prometheus);
+                assert!(
+                    m.prometheus
+                        .trim_end_matches("_total")
+                        .ends_with("_seconds"),
+                    "{}",
+                    m.prometheus
+                );
             }
         }
     }

@@ -5,4 +5,5 @@
 pub mod catalogue;
 pub mod listener;
 pub mod otlp;
+pub mod process;
 pub mod prometheus;

@@ -23,6 +23,11 @@ pub struct Objective {
     pub target: f64,
     pub unit: &'static str,
     pub met: bool,
+    /// For a percentile gate: whether the run had enough delivered canaries
+    /// to resolve it (a p99 needs 100); when not, the value compared is the
+    /// maximum, and the verdict says so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolvable: Option<bool>,
 }
 
 /// Evaluates the gates for one probe over the whole run.
@@ -42,6 +47,7 @@ pub fn evaluate(r: &ProbeReport, gates: &Gates) -> Vec<Objective> {
             target: max,
             unit: "percent",
             met: c.sent > 0 && loss <= max,
+            resolvable: None,
         });
     }
     if let Some(slo) = &r.slo {
@@ -69,6 +75,7 @@ pub fn evaluate(r: &ProbeReport, gates: &Gates) -> Vec<Objective> {
                 target,
                 unit: "percent",
                 met: t.events > 0 && good as f64 >= sli.objective * t.events as f64 - 1e-9,
+                resolvable: None,
             });
         }
     }
@@ -81,6 +88,7 @@ pub fn evaluate(r: &ProbeReport, gates: &Gates) -> Vec<Objective> {
             target: max.as_secs_f64(),
             unit: "seconds",
             met: s.count > 0 && p99 <= max.as_secs_f64(),
+            resolvable: Some(s.resolves("p99")),
         });
     }
     out
@@ -97,9 +105,67 @@ pub fn describe(r: &ProbeReport, o: &Objective) -> String {
         ),
         "delivery_slo" => "share of canaries delivered before the deadline".into(),
         "max_loss" => "share of canaries lost or refused".into(),
+        "max_p99" if o.resolvable == Some(false) => format!(
+            "end-to-end p99 latency, not resolvable: {} delivered canaries cannot resolve a p99 (it needs {}), so this is their maximum",
+            r.latency.cumulative.count,
+            super::thousands(p99_needs())
+        ),
         "max_p99" => "end-to-end p99 latency".into(),
         other => other.to_owned(),
     }
+}
+
+fn p99_needs() -> u64 {
+    crate::stats::RESOLUTION
+        .iter()
+        .find(|(n, _)| *n == "p99")
+        .map_or(100, |(_, need)| *need)
+}
+
+/// One line per probe for JUnit's `<system-out>`: the run's latency
+/// percentiles, each unresolvable one marked.
+fn latency_lines(evaluated: &[(ProbeReport, Vec<Objective>)]) -> String {
+    let mut out = String::new();
+    for (r, _) in evaluated {
+        let s = &r.latency.cumulative;
+        if s.count == 0 {
+            out.push_str(&format!("{}: no canary delivered, no latency\n", r.name));
+            continue;
+        }
+        let parts: Vec<String> = [
+            ("p50", s.p50),
+            ("p90", s.p90),
+            ("p95", s.p95),
+            ("p99", s.p99),
+            ("p999", s.p999),
+        ]
+        .iter()
+        .map(|(n, v)| {
+            let shown = n.replace("p999", "p99.9");
+            if s.resolves(n) {
+                format!("{shown} {}", human_seconds(*v))
+            } else {
+                let need = crate::stats::RESOLUTION
+                    .iter()
+                    .find(|(x, _)| x == n)
+                    .map_or(0, |(_, k)| *k);
+                format!(
+                    "{shown} {} (not resolvable: needs {} delivered canaries)",
+                    human_seconds(*v),
+                    super::thousands(need)
+                )
+            }
+        })
+        .collect();
+        out.push_str(&format!(
+            "{}: {} delivered; {}; max {}\n",
+            r.name,
+            s.count,
+            parts.join(", "),
+            human_seconds(s.max)
+        ));
+    }
+    out
 }
 
 /// "99.512%" or "12.3ms", for an objective's measured value or target.
@@ -161,6 +227,10 @@ pub fn junit(evaluated: &[(ProbeReport, Vec<Objective>)], elapsed_s: f64) -> Str
             out.push_str("    </testcase>\n");
         }
     }
+    out.push_str(&format!(
+        "    <system-out>{}</system-out>\n",
+        esc(&latency_lines(evaluated))
+    ));
     out.push_str("  </testsuite>\n</testsuites>\n");
     out
 }

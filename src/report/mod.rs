@@ -120,12 +120,28 @@ pub fn human_seconds(s: f64) -> String {
     }
 }
 
-fn cell(s: &Summary, pick: fn(&Summary) -> f64) -> String {
+/// A percentile's cell: `-` without data, `*` after a value the sample
+/// cannot resolve (see [`unresolved_note`]).
+fn cell(s: &Summary, name: &str, pick: fn(&Summary) -> f64) -> String {
     if s.count == 0 {
         "-".into()
+    } else if name != "max" && !s.resolves(name) {
+        format!("{}*", human_seconds(pick(s)))
     } else {
         human_seconds(pick(s))
     }
+}
+
+/// The footnote of a table with `*` cells.
+pub fn unresolved_note() -> String {
+    let needs: Vec<String> = crate::stats::RESOLUTION
+        .iter()
+        .map(|(n, need)| format!("{} {}", n.replace("p999", "p99.9"), thousands(*need)))
+        .collect();
+    format!(
+        "* not resolvable from so few delivered canaries: it is the sample's maximum. Each percentile needs at least: {}.\n",
+        needs.join(", ")
+    )
 }
 
 fn row(name: &str, c: &Counts, s: &Summary) -> Vec<String> {
@@ -139,11 +155,11 @@ fn row(name: &str, c: &Counts, s: &Summary) -> Vec<String> {
         c.duplicate.to_string(),
         c.late.to_string(),
         c.reordered.to_string(),
-        cell(s, |s| s.p50),
-        cell(s, |s| s.p90),
-        cell(s, |s| s.p99),
-        cell(s, |s| s.p999),
-        cell(s, |s| s.max),
+        cell(s, "p50", |s| s.p50),
+        cell(s, "p90", |s| s.p90),
+        cell(s, "p99", |s| s.p99),
+        cell(s, "p999", |s| s.p999),
+        cell(s, "max", |s| s.max),
     ]
 }
 
@@ -203,6 +219,9 @@ pub fn text_table(rows: &[ProbeReport], span: Span) -> String {
         }
         out.push_str(line.trim_end());
         out.push('\n');
+    }
+    if table.iter().flatten().any(|c| c.ends_with('*')) {
+        out.push_str(&unresolved_note());
     }
     out
 }

@@ -10,14 +10,13 @@ pub mod status;
 pub mod tls;
 
 use crate::export::catalogue::{Live, Sources};
-use crate::export::prometheus;
+use crate::export::prometheus::{Exposition, Format};
 use crate::report::{self, Watched};
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -27,7 +26,7 @@ pub struct AppState {
     pub environment: String,
     live: Live,
     /// `/metrics`, when `export.prometheus` is on.
-    registry: Option<Registry>,
+    exposition: Option<Exposition>,
     /// Where `POST /-/reload` asks `run` to reload (none in `check`).
     reload: Option<mpsc::Sender<ReloadRequest>>,
 }
@@ -56,11 +55,11 @@ impl AppState {
         reload: Option<mpsc::Sender<ReloadRequest>>,
     ) -> Arc<Self> {
         let live = src.live.clone();
-        let registry = prometheus.then(|| prometheus::registry(&environment, src));
+        let exposition = prometheus.then(|| Exposition::new(&environment, src));
         Arc::new(AppState {
             environment,
             live,
-            registry,
+            exposition,
             reload,
         })
     }
@@ -74,7 +73,7 @@ impl AppState {
 /// The listener's routes; `hooks` are the webhook receivers.
 pub fn router(state: Arc<AppState>, hooks: Router) -> Router {
     let mut router = Router::new();
-    if state.registry.is_some() {
+    if state.exposition.is_some() {
         router = router.route("/metrics", get(metrics));
     }
     if state.reload.is_some() {
@@ -89,18 +88,20 @@ pub fn router(state: Arc<AppState>, hooks: Router) -> Router {
         .merge(hooks)
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let body = state
-        .registry
-        .as_ref()
-        .map(prometheus::render)
-        .unwrap_or_default();
+/// `GET /metrics`: the text format 0.0.4 unless `Accept` asks for OpenMetrics.
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let Some(exposition) = &state.exposition else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            // A cache between Prometheus and chirp must not mix the formats.
+            (header::VARY, "Accept"),
+        ],
+        exposition.render(format),
     )
         .into_response()
 }

@@ -21,8 +21,21 @@ pub const DEFAULT_BUCKETS: &[f64] = &[
     10.0, 30.0, 60.0,
 ];
 
+/// Each reported percentile, with the fewest samples that resolve it. With
+/// n samples the nearest-rank p-th percentile is the ⌈p·n⌉-th smallest,
+/// which is the maximum until n ≥ 1 / (1 − p): from 50 canaries a "p99" is
+/// the worst of them, not a 99th percentile.
+pub const RESOLUTION: [(&str, u64); 5] = [
+    ("p50", 2),
+    ("p90", 10),
+    ("p95", 20),
+    ("p99", 100),
+    ("p999", 1000),
+];
+
 /// Percentiles of one histogram, in seconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[serde(into = "SummaryOut")]
 pub struct Summary {
     pub count: u64,
     pub min: f64,
@@ -56,15 +69,66 @@ impl Summary {
         }
     }
 
-    /// The named quantiles, for exporters.
+    /// Whether the sample resolves the percentile named as in
+    /// [`RESOLUTION`] (`p99`): it holds at least one value above it.
+    pub fn resolves(&self, name: &str) -> bool {
+        RESOLUTION
+            .iter()
+            .find(|(n, _)| *n == name)
+            .is_some_and(|(_, need)| self.count >= *need)
+    }
+
+    /// The percentiles this sample cannot resolve (each is its maximum, or
+    /// nothing at all for an empty sample).
+    pub fn unresolvable(&self) -> Vec<&'static str> {
+        RESOLUTION
+            .iter()
+            .filter(|(_, need)| self.count < *need)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    /// The percentiles by name (the exporters' `percentile` label).
     pub fn quantiles(&self) -> [(&'static str, f64); 5] {
         [
-            ("0.5", self.p50),
-            ("0.9", self.p90),
-            ("0.95", self.p95),
-            ("0.99", self.p99),
-            ("0.999", self.p999),
+            ("50", self.p50),
+            ("90", self.p90),
+            ("95", self.p95),
+            ("99", self.p99),
+            ("99.9", self.p999),
         ]
+    }
+}
+
+/// A [`Summary`] as reports write it: with the percentiles it cannot resolve.
+#[derive(serde::Serialize)]
+struct SummaryOut {
+    count: u64,
+    min: f64,
+    p50: f64,
+    p90: f64,
+    p95: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+    mean: f64,
+    unresolvable: Vec<&'static str>,
+}
+
+impl From<Summary> for SummaryOut {
+    fn from(s: Summary) -> Self {
+        SummaryOut {
+            unresolvable: s.unresolvable(),
+            count: s.count,
+            min: s.min,
+            p50: s.p50,
+            p90: s.p90,
+            p95: s.p95,
+            p99: s.p99,
+            p999: s.p999,
+            max: s.max,
+            mean: s.mean,
+        }
     }
 }
 
@@ -281,6 +345,31 @@ impl LatencyStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A percentile is resolvable from exactly 1/(1-p) samples on: below
+    /// that the nearest rank is the last, so the "percentile" is the maximum.
+    #[test]
+    fn a_percentile_resolves_once_a_sample_lies_above_it() {
+        for (name, need) in RESOLUTION {
+            let p = match name {
+                "p50" => 0.5,
+                "p90" => 0.9,
+                "p95" => 0.95,
+                "p99" => 0.99,
+                _ => 0.999,
+            };
+            for n in [need - 1, need] {
+                // n distinct values 1..=n µs: the maximum is n.
+                let mut h = Histogram::<u64>::new_with_bounds(1, 1_000_000, 3).unwrap();
+                (1..=n).for_each(|v| h.record(v).unwrap());
+                let s = Summary::of(&h);
+                let at_max = h.value_at_quantile(p) == h.max();
+                assert_eq!(s.resolves(name), !at_max, "{name} with {n} samples");
+                assert_eq!(s.unresolvable().contains(&name), at_max, "{name} with {n}");
+            }
+        }
+        assert_eq!(Summary::default().unresolvable().len(), RESOLUTION.len());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_successor_goes_on_counting_even_with_another_threshold() {

@@ -6,6 +6,7 @@
 mod support;
 
 mod commands;
+mod habits;
 mod image;
 mod limits;
 mod listener;

@@ -234,3 +234,82 @@ fn a_run_over_several_slices_reports_each_slice() {
         "{text}"
     );
 }
+
+/// 50 canaries cannot resolve a p99 or a p99.9 (each is their maximum):
+/// every format says so, and a gate on the p99 says so in its verdict; 100
+/// canaries resolve the p99 but not the p99.9.
+#[test]
+fn a_small_sample_marks_the_percentiles_it_cannot_resolve() {
+    let cfg = config_file(&format!(
+        "listen: 127.0.0.1:0\nsigning_key: {KEY}\nprobes:\n  - name: few\n    interval: 5ms\n    deadline: 2s\n    inject: {{http: {{url: /hooks/few}}}}\n    catch: {{http: {{}}}}\n"
+    ));
+    let check = |count: &str, format: &str| {
+        let out = exits(
+            Command::new(&*CHIRP)
+                .args([
+                    "check",
+                    "--count",
+                    count,
+                    "--max-p99",
+                    "5s",
+                    "--format",
+                    format,
+                    "-c",
+                ])
+                .arg(&cfg.path),
+            0,
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let report: serde_json::Value = serde_json::from_str(&check("50", "json")).unwrap();
+    let (schemas, index) = validator();
+    if let Err(e) = schemas.validate(&report, index) {
+        panic!("report does not match the schema: {e:#}\n{report:#}");
+    }
+    let probe = &report["probes"][0];
+    assert_eq!(probe["latency"]["cumulative"]["count"], 50);
+    assert_eq!(
+        probe["latency"]["cumulative"]["unresolvable"],
+        serde_json::json!(["p99", "p999"])
+    );
+    let gate = &probe["objectives"][0];
+    assert_eq!(
+        (&gate["name"], &gate["resolvable"]),
+        (&"max_p99".into(), &false.into())
+    );
+
+    let text = check("50", "text");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("few "))
+        .expect("the probe's row");
+    assert_eq!(row.matches('*').count(), 2, "p99 and p99.9 marked: {row}");
+    assert!(
+        text.contains("* not resolvable from so few delivered canaries"),
+        "{text}"
+    );
+    assert!(
+        text.contains("PASS few: max_p99 measured")
+            && text.contains(
+                "not resolvable: 50 delivered canaries cannot resolve a p99 (it needs 100)"
+            ),
+        "{text}"
+    );
+
+    let xml = check("50", "junit");
+    assert_eq!(junit_cases(&xml).len(), 1, "{xml}");
+    assert!(
+        xml.contains("p99.9 ") && xml.contains("(not resolvable: needs 1,000 delivered canaries)"),
+        "{xml}"
+    );
+    assert!(xml.contains("cannot resolve a p99 (it needs 100)"), "{xml}");
+
+    let report: serde_json::Value = serde_json::from_str(&check("100", "json")).unwrap();
+    let probe = &report["probes"][0];
+    assert_eq!(
+        probe["latency"]["cumulative"]["unresolvable"],
+        serde_json::json!(["p999"])
+    );
+    assert_eq!(probe["objectives"][0]["resolvable"], true);
+}

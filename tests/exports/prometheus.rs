@@ -237,3 +237,148 @@ async fn prometheus_records_the_same_compliance_as_chirp() {
     relay.abort();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One scrape as a proxy saw it: what Prometheus asked for, what chirp answered.
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    asked: String,
+    answered: String,
+}
+
+/// A proxy in front of chirp's `/metrics` that records each exchange and
+/// sends chirp `accept` instead of Prometheus' own header, if given.
+async fn recording_proxy(
+    chirp_port: u16,
+    accept: Option<&'static str>,
+) -> (u16, Arc<std::sync::Mutex<Vec<Seen>>>) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move |headers: HeaderMap| {
+            let log = Arc::clone(&log);
+            async move {
+                let asked = headers
+                    .get("accept")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let resp = reqwest::Client::new()
+                    .get(format!("http://127.0.0.1:{chirp_port}/metrics"))
+                    .header("accept", accept.unwrap_or(&asked))
+                    .send()
+                    .await
+                    .unwrap();
+                let answered = resp.headers()["content-type"].to_str().unwrap().to_owned();
+                let body = resp.text().await.unwrap();
+                log.lock().unwrap().push(Seen {
+                    asked,
+                    answered: answered.clone(),
+                });
+                ([("content-type", answered)], body)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, seen)
+}
+
+/// A real Prometheus ingests both formats: OpenMetrics when it asks for it
+/// (its default), and the text format 0.0.4 when the scrape asks for that
+/// (as older Prometheus servers and other agents do). Each job's series are
+/// usable in queries: counters, the build info, process metrics, and
+/// histogram quantiles over the buckets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_ingests_the_format_it_asks_for() {
+    let dir = support::TempDir::new("chirp-prom-formats");
+    let chirp_port = free_port();
+    let cfg = dir.write(
+        "probes.yaml",
+        format!(
+            "environment: e2e\nlisten: 127.0.0.1:{chirp_port}\nsigning_key: {KEY}\nprobes:\n  - name: loop\n    interval: 20ms\n    inject: {{http: {{url: /hooks/loop}}}}\n    catch: {{http: {{}}}}\n"
+        ),
+    );
+    let _chirp = Kill(
+        Command::new(&*support::CHIRP)
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (om_port, om_seen) = recording_proxy(chirp_port, None).await;
+    let (text_port, text_seen) =
+        recording_proxy(chirp_port, Some("text/plain;version=0.0.4")).await;
+    let prom_port = free_port();
+    dir.write(
+        "prometheus.yml",
+        format!(
+            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: openmetrics\n    static_configs: [{{targets: ['127.0.0.1:{om_port}']}}]\n  - job_name: text\n    static_configs: [{{targets: ['127.0.0.1:{text_port}']}}]\n"
+        ),
+    );
+    let _prom = Kill(
+        Command::new(prometheus_bin())
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{prom_port}");
+    let http = reqwest::Client::new();
+    support::wait_for_async("Prometheus to be ready", Duration::from_secs(30), || {
+        let (http, url) = (http.clone(), format!("{base}/-/ready"));
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    })
+    .await;
+    let value = |r: &serde_json::Value| -> Option<f64> { r[0]["value"][1].as_str()?.parse().ok() };
+    for job in ["openmetrics", "text"] {
+        for (what, q) in [
+            ("delivered canaries", format!("chirp_canaries_delivered_total{{job=\"{job}\",probe=\"loop\"}}")),
+            ("a p50 from the buckets", format!("histogram_quantile(0.5, rate(chirp_latency_seconds_bucket{{job=\"{job}\"}}[10s]))")),
+            ("the build info", format!("chirp_build_info{{job=\"{job}\",environment=\"e2e\"}}")),
+            ("the process's CPU time", format!("process_cpu_seconds_total{{job=\"{job}\"}}")),
+        ] {
+            support::wait_for_async(&format!("{what} in job {job}"), Duration::from_secs(60), || {
+                let (http, base, q) = (http.clone(), base.clone(), q.clone());
+                async move {
+                    let r = query(&http, &base, &q, None).await;
+                    value(&r).is_some_and(|v| v.is_finite() && v > 0.0)
+                }
+            })
+            .await;
+        }
+    }
+    let om = om_seen.lock().unwrap().clone();
+    let text = text_seen.lock().unwrap().clone();
+    assert!(!om.is_empty() && !text.is_empty());
+    for s in &om {
+        assert!(s.asked.starts_with("application/openmetrics-text"), "{s:?}");
+        assert_eq!(
+            s.answered,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+    }
+    for s in &text {
+        assert_eq!(
+            s.answered, "text/plain; version=0.0.4; charset=utf-8",
+            "{s:?}"
+        );
+    }
+}
