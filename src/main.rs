@@ -43,12 +43,9 @@ fn main() -> ExitCode {
 /// stdout as usual), as a JSON line when `--log-format json` was asked for.
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
-    if matches!(
-        e.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    ) {
+    // Help and the version asked for; without a subcommand, the help is
+    // the usage error's message (stderr, exit 2).
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         let _ = e.print();
         return ExitCode::from(if e.use_stderr() {
             Exit::Usage.code()
@@ -91,6 +88,10 @@ fn json_panics() {
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
         cmd::fatal(&format!("chirp panicked{place}: {what}"));
+        // On the main thread a panic ends chirp (101); in a task it does not.
+        if std::thread::current().name() == Some("main") {
+            cmd::exiting_with(101, "panicked");
+        }
     }));
 }
 

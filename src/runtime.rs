@@ -79,7 +79,7 @@ impl Options {
 /// beside a `chirp check` (the OS error follows as the cause).
 fn in_use_hint(e: &std::io::Error) -> &'static str {
     if e.kind() == std::io::ErrorKind::AddrInUse {
-        " (another process listens there, a running `chirp run`? Give another address with --listen, e.g. --listen 127.0.0.1:0 for any free port, or change `listen:` in the configuration)"
+        " (another process listens there, a running `chirp run`? `chirp run` needs an address of its own: --listen or `listen:`; `chirp check` needs no fixed port: leave --listen out, or give --listen 127.0.0.1:0 for any free port)"
     } else {
         ""
     }

@@ -158,7 +158,8 @@ fn progress_bar(
     duration: Option<Duration>,
 ) -> Option<(indicatif::ProgressBar, tokio::task::JoinHandle<()>)> {
     use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
+    // For a person at a terminal: not in a log, nor among JSON lines.
+    if !std::io::stderr().is_terminal() || super::json() {
         return None;
     }
     let probes: Vec<_> = rt

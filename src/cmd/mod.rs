@@ -127,6 +127,21 @@ pub fn json_messages(on: bool) {
     JSON.store(on, Ordering::Relaxed);
 }
 
+/// Whether chirp's stderr is JSON lines (no progress bar then).
+pub fn json() -> bool {
+    JSON.load(Ordering::Relaxed)
+}
+
+/// With JSON messages, the exit line of a process ended otherwise (a panic).
+pub fn exiting_with(code: u8, reason: &str) {
+    if !json() {
+        return;
+    }
+    let mut fields = serde_json::Map::new();
+    fields.insert("exit_code".into(), code.into());
+    say("ERROR", "", &format!("chirp exits: {reason}"), fields);
+}
+
 /// A message that ends the command: `error: …` on stderr, or a JSON line
 /// shaped as the JSON logs are (`timestamp`, `level`, `fields.message`, `target`).
 pub fn fatal(message: &str) {

@@ -405,13 +405,14 @@ pub struct Sources {
 }
 
 impl Rows {
-    /// Reads every source.
-    pub fn read(src: &Sources, now: Instant) -> Rows {
+    /// Reads every source (the process too, with `process`: only
+    /// Prometheus exports it).
+    pub fn read(src: &Sources, now: Instant, process: bool) -> Rows {
         let running = src.live.get();
         let mut rows = Rows {
             probes: running.probes.clone(),
             reload: src.reload.read(),
-            process: ProcessRow::read(),
+            process: if process { ProcessRow::read() } else { None },
             ..Rows::default()
         };
         for (i, w) in running.probes.iter().enumerate() {

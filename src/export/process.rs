@@ -52,8 +52,6 @@ mod tests {
     #[test]
     fn this_process_is_read_as_the_kernel_sees_it() {
         let before = ProcessRow::read().expect("/proc/self");
-        // Work that costs CPU time, and an open file the count must see.
-        let f = std::fs::File::open("/proc/self/stat").unwrap();
         // Spins until the CPU counter moves (a clock tick is 10 ms); on a
         // loaded machine that may take more wall time, never 10 s.
         let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -71,8 +69,9 @@ mod tests {
                 "CPU time stood still: {now:?}"
             );
         };
+        // (Descriptors moving with connections: tests/exports/catalogue.rs.)
         assert!(
-            after.open_fds >= 1.0 && after.resident_bytes > 1e6,
+            after.open_fds >= 3.0 && after.resident_bytes > 1e6,
             "{after:?}"
         );
         let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap().0;
@@ -86,6 +85,5 @@ mod tests {
             after.start_time <= now + 1.0 && after.start_time > now - 3600.0,
             "{after:?}"
         );
-        drop(f);
     }
 }

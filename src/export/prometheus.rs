@@ -26,8 +26,9 @@ type Labels = Vec<(&'static str, String)>;
 pub enum Format {
     /// `text/plain; version=0.0.4`.
     Text,
-    /// OpenMetrics, answered with the version asked for (1.0.0 or 0.0.1; the
-    /// two differ only in what this exposition does not use).
+    /// OpenMetrics, answered with the version asked for (1.0.0, or 0.0.1
+    /// when no version is named, as the Go client does; the two differ
+    /// only in what this exposition does not use).
     OpenMetrics { v1: bool },
 }
 
@@ -54,14 +55,14 @@ impl Format {
                     }
                 }
             }
+            // Wildcards name no format: they leave the choice to the
+            // fallback (the text format), as in the Go client.
             let format = match (media.as_str(), version.as_deref()) {
-                ("application/openmetrics-text", None | Some("1.0.0")) => {
-                    Format::OpenMetrics { v1: true }
-                }
-                ("application/openmetrics-text", Some("0.0.1")) => {
+                ("application/openmetrics-text", Some("1.0.0")) => Format::OpenMetrics { v1: true },
+                ("application/openmetrics-text", None | Some("0.0.1")) => {
                     Format::OpenMetrics { v1: false }
                 }
-                ("text/plain", None | Some("0.0.4")) | ("text/*" | "*/*", _) => Format::Text,
+                ("text/plain", None | Some("0.0.4")) => Format::Text,
                 _ => continue,
             };
             if q > 0.0 {
@@ -167,7 +168,7 @@ impl Exposition {
     /// Every catalogue metric with at least one series (histograms and the
     /// build info always have theirs).
     fn families(&self) -> Vec<Family> {
-        let mut rows = Rows::read(&self.src, Instant::now());
+        let mut rows = Rows::read(&self.src, Instant::now(), true);
         let mut out = Vec::with_capacity(CATALOGUE.len());
         for m in CATALOGUE {
             let series = match m.read {
@@ -374,7 +375,9 @@ mod tests {
             (Some("text/plain"), Format::Text),
             (Some("text/plain;version=0.0.4;q=1,*/*;q=0.1"), Format::Text),
             (Some("application/json"), Format::Text),
-            (Some("application/openmetrics-text"), om),
+            (Some("application/openmetrics-text"), Format::OpenMetrics { v1: false }),
+            // A wildcard is no preference for text over what follows.
+            (Some("*/*,application/openmetrics-text;version=1.0.0"), om),
             // What Prometheus 2.x sends by default.
             (Some("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"), om),
             (Some("application/openmetrics-text; version=0.0.1"), Format::OpenMetrics { v1: false }),
@@ -384,7 +387,7 @@ mod tests {
             // Versions chirp cannot write, and refusals, are skipped.
             (Some("application/openmetrics-text;version=2.0.0,text/plain"), Format::Text),
             (Some("application/openmetrics-text;q=0,text/plain;q=0.1"), Format::Text),
-            (Some("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,application/openmetrics-text;q=0.5"), om),
+            (Some("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,application/openmetrics-text;version=1.0.0;q=0.5"), om),
         ] {
             assert_eq!(Format::negotiate(accept), want, "{accept:?}");
         }

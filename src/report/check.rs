@@ -108,18 +108,11 @@ pub fn describe(r: &ProbeReport, o: &Objective) -> String {
         "max_p99" if o.resolvable == Some(false) => format!(
             "end-to-end p99 latency, not resolvable: {} delivered canaries cannot resolve a p99 (it needs {}), so this is their maximum",
             r.latency.cumulative.count,
-            super::thousands(p99_needs())
+            super::thousands(crate::stats::needs("p99"))
         ),
         "max_p99" => "end-to-end p99 latency".into(),
         other => other.to_owned(),
     }
-}
-
-fn p99_needs() -> u64 {
-    crate::stats::RESOLUTION
-        .iter()
-        .find(|(n, _)| *n == "p99")
-        .map_or(100, |(_, need)| *need)
 }
 
 /// One line per probe for JUnit's `<system-out>`: the run's latency
@@ -145,10 +138,7 @@ fn latency_lines(evaluated: &[(ProbeReport, Vec<Objective>)]) -> String {
             if s.resolves(n) {
                 format!("{shown} {}", human_seconds(*v))
             } else {
-                let need = crate::stats::RESOLUTION
-                    .iter()
-                    .find(|(x, _)| x == n)
-                    .map_or(0, |(_, k)| *k);
+                let need = crate::stats::needs(n);
                 format!(
                     "{shown} {} (not resolvable: needs {} delivered canaries)",
                     human_seconds(*v),

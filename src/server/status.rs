@@ -210,7 +210,9 @@ fn loss_cell(t: &Tally, span: &str) -> Cell {
     }
 }
 
-fn p99_cell(p99: Option<Duration>, threshold: Option<Duration>, what: &str) -> Cell {
+/// A p99 cell; from fewer than 100 canaries the p99 is their maximum, and
+/// the cell says "max of N" rather than pass it off as a percentile.
+fn p99_cell(p99: Option<Duration>, threshold: Option<Duration>, what: &str, from: u64) -> Cell {
     let Some(p) = p99 else {
         return Cell {
             text: "–".into(),
@@ -220,16 +222,28 @@ fn p99_cell(p99: Option<Duration>, threshold: Option<Duration>, what: &str) -> C
         };
     };
     let over = threshold.is_some_and(|t| p > t);
+    let need = crate::stats::needs("p99");
+    let resolved = from >= need;
+    let mut detail = Vec::new();
+    if let (Some(t), true) = (threshold, over) {
+        detail.push(format!("over {}", seconds(t)));
+    }
+    if !resolved {
+        detail.push(format!("max of {from}"));
+    }
+    let mut title = match threshold {
+        Some(t) => format!("p99 over the {what}; objective threshold {}", seconds(t)),
+        None => format!("p99 over the {what}"),
+    };
+    if !resolved {
+        title.push_str(&format!(
+            "; only {from} canaries delivered, too few to resolve a p99 (it needs {need}): this is their maximum"
+        ));
+    }
     Cell {
         text: seconds(p),
-        detail: match threshold {
-            Some(t) if over => format!("over {}", seconds(t)),
-            _ => String::new(),
-        },
-        title: match threshold {
-            Some(t) => format!("p99 over the {what}; objective threshold {}", seconds(t)),
-            None => format!("p99 over the {what}"),
-        },
+        detail: detail.join(", "),
+        title,
         bad: over,
     }
 }
@@ -388,8 +402,13 @@ pub fn row(f: &Facts, now: Instant) -> Row {
         reason,
         loss_minute: loss_cell(&h.last_minute, "last minute"),
         loss_15m: loss_cell(&h.last_15_minutes, "last 15 minutes"),
-        p99_minute: p99_cell(f.p99_minute, f.threshold, "last minute"),
-        p99_15m: p99_cell(h.p99_15_minutes, f.threshold, "last 15 minutes"),
+        p99_minute: p99_cell(f.p99_minute, f.threshold, "last minute", f.delivered_minute),
+        p99_15m: p99_cell(
+            h.p99_15_minutes,
+            f.threshold,
+            "last 15 minutes",
+            h.last_15_minutes.delivered,
+        ),
         budget: budgets(&f.slo),
         last_catch: match f.last_catch {
             Some(at) => Cell {
@@ -423,7 +442,12 @@ fn summary_cells(s: &Summary) -> [String; 3] {
             report::human_seconds(v)
         }
     };
-    [cell(s.p50), cell(s.p99), cell(s.max)]
+    let mut p99 = cell(s.p99);
+    if s.count > 0 && !s.resolves("p99") {
+        // Fewer than 100 delivered: this "p99" is the maximum (see the legend).
+        p99.push('*');
+    }
+    [cell(s.p50), p99, cell(s.max)]
 }
 
 fn totals_row(name: String, partition: bool, c: &Counts, latency: &Summary) -> TotalsRow {

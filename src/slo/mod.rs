@@ -331,7 +331,8 @@ impl SloTracker {
             let allowed = 1.0 - objective;
             // A count of canaries: rounded so 0.1% of 360,000 reads 360,
             // not 360.00000000000036.
-            let allowance = (allowed * self.per_period * lanes.max(1) as f64 * 1e6).round() / 1e6;
+            let exact = allowed * self.per_period * lanes.max(1) as f64;
+            let allowance = (exact * 1e6).round() / 1e6;
             let spent = period.total - good_of(&period);
             let bad_share = |b: &Window| 1.0 - ratio(good_of(b), b.total);
             let burn_rates = BURN_WINDOWS
@@ -351,7 +352,9 @@ impl SloTracker {
                 compliance: ratio(good_of(&period), period.total),
                 error_budget_canaries: allowance,
                 error_budget_spent: spent,
-                error_budget_remaining: 1.0 - spent as f64 / allowance,
+                // From the unrounded allowance, which is never 0: a finite
+                // number even where the rounded one reads 0.
+                error_budget_remaining: 1.0 - spent as f64 / exact,
                 burn_rates,
             });
         }

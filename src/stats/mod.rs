@@ -33,6 +33,14 @@ pub const RESOLUTION: [(&str, u64); 5] = [
     ("p999", 1000),
 ];
 
+/// The fewest samples that resolve the percentile named as in [`RESOLUTION`].
+pub fn needs(name: &str) -> u64 {
+    RESOLUTION
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(u64::MAX, |(_, need)| *need)
+}
+
 /// Percentiles of one histogram, in seconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 #[serde(into = "SummaryOut")]
@@ -72,10 +80,7 @@ impl Summary {
     /// Whether the sample resolves the percentile named as in
     /// [`RESOLUTION`] (`p99`): it holds at least one value above it.
     pub fn resolves(&self, name: &str) -> bool {
-        RESOLUTION
-            .iter()
-            .find(|(n, _)| *n == name)
-            .is_some_and(|(_, need)| self.count >= *need)
+        self.count >= needs(name)
     }
 
     /// The percentiles this sample cannot resolve (each is its maximum, or

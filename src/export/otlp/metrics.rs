@@ -158,7 +158,7 @@ impl Snapshots {
                 return Arc::clone(&t.rows);
             }
         }
-        let rows = Rows::read(&self.src, tokio::time::Instant::now());
+        let rows = Rows::read(&self.src, tokio::time::Instant::now(), false);
         let rows = Arc::new(rows);
         *last = Some(Taken {
             at: Instant::now(),

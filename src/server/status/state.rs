@@ -75,6 +75,8 @@ pub struct Facts {
     /// p99 end-to-end latency over the last minute (the ledger's rolling
     /// window, as `/metrics` has it), if anything was delivered in it.
     pub p99_minute: Option<Duration>,
+    /// Canaries delivered in that window (what the p99 is taken from).
+    pub delivered_minute: u64,
     /// The latency SLO's threshold, if the probe has one.
     pub threshold: Option<Duration>,
     pub slo: Option<SloState>,
@@ -114,6 +116,7 @@ impl Facts {
             up: report.up,
             counts: report.counts,
             p99_minute: (window.count > 0).then(|| Duration::from_secs_f64(window.p99)),
+            delivered_minute: window.count,
             threshold: p.config.slo.latency.map(|l| l.threshold),
             slo: report.slo.clone(),
             history: w.history.view(now),

@@ -31,6 +31,7 @@ fn healthy() -> Facts {
             ..Counts::default()
         },
         p99_minute: Some(Duration::from_millis(12)),
+        delivered_minute: 60,
         threshold: Some(Duration::from_millis(500)),
         slo: None,
         history: HistoryView {
@@ -278,4 +279,25 @@ fn the_page_works_without_script_and_without_probes() {
     assert!(html.contains(r#"<noscript><meta http-equiv="refresh" content="5"></noscript>"#));
     assert!(html.contains("No probes are configured."));
     assert!(html.contains(r#"id="legend""#));
+}
+
+/// 60 canaries in the last minute cannot resolve a p99: the cell says it is
+/// their maximum; 600 over 15 minutes can, and that cell says nothing more.
+#[test]
+fn a_p99_from_too_few_canaries_says_it_is_the_maximum() {
+    let f = healthy();
+    let r = row(&f, Instant::now());
+    assert_eq!(r.p99_minute.detail, "max of 60");
+    assert!(
+        r.p99_minute
+            .title
+            .contains("too few to resolve a p99 (it needs 100)"),
+        "{}",
+        r.p99_minute.title
+    );
+    assert_eq!(r.p99_15m.detail, "");
+    assert!(!r.p99_15m.title.contains("too few"));
+    let mut f = healthy();
+    f.delivered_minute = 100;
+    assert_eq!(row(&f, Instant::now()).p99_minute.detail, "");
 }
