@@ -19,7 +19,7 @@ mod support;
 use chirp::canary::{Signer, Token};
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
-use support::targets::{Kafka, Nats, Plan, Target, Webhook};
+use support::targets::{JetStream, Kafka, Nats, Plan, Target, Webhook};
 use support::{free_port, wait_for, Conf, Scrape, KEY};
 use tokio::time::Instant;
 
@@ -343,6 +343,7 @@ macro_rules! suite {
 
 suite! {
     nats: Nats => [relay_faults, restart, down_at_start, garbage];
+    jetstream: JetStream => [relay_faults, restart, down_at_start, garbage];
     kafka: Kafka => [relay_faults, restart, down_at_start, garbage];
     http: Webhook => [relay_faults, restart, down_at_start, garbage];
 }

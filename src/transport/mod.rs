@@ -7,6 +7,7 @@
 
 mod errors;
 pub mod http;
+pub mod jetstream;
 pub mod kafka;
 pub mod nats;
 
@@ -28,7 +29,7 @@ use tokio_util::task::TaskTracker;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Transports chirp will have but does not have yet.
-const PLANNED: [&str; 3] = ["jetstream", "amqp", "mqtt"];
+const PLANNED: [&str; 2] = ["amqp", "mqtt"];
 
 const ONE_TRANSPORT: &str =
     "name exactly one transport, e.g. `nats: {connection: main, subject: orders.in}`";
@@ -92,6 +93,7 @@ pub enum ConnectionConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum InjectConfig {
     Nats(nats::config::InjectConfig),
+    JetStream(jetstream::config::InjectConfig),
     Http(http::config::InjectConfig),
     Kafka(kafka::config::InjectConfig),
 }
@@ -100,6 +102,7 @@ pub enum InjectConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CatchConfig {
     Nats(nats::config::CatchConfig),
+    JetStream(jetstream::config::CatchConfig),
     Http(http::config::CatchConfig),
     Kafka(kafka::config::CatchConfig),
 }
@@ -110,11 +113,13 @@ one_transport!(ConnectionConfig {
 });
 one_transport!(InjectConfig {
     "nats" => Nats(nats::config::InjectConfig),
+    "jetstream" => JetStream(jetstream::config::InjectConfig),
     "http" => Http(http::config::InjectConfig),
     "kafka" => Kafka(kafka::config::InjectConfig),
 });
 one_transport!(CatchConfig {
     "nats" => Nats(nats::config::CatchConfig),
+    "jetstream" => JetStream(jetstream::config::CatchConfig),
     "http" => Http(http::config::CatchConfig),
     "kafka" => Kafka(kafka::config::CatchConfig),
 });
@@ -155,6 +160,7 @@ impl InjectConfig {
     pub fn end(&self) -> End {
         match self {
             InjectConfig::Nats(c) => nats::config::end(&c.subject, &c.connection),
+            InjectConfig::JetStream(c) => jetstream::config::inject_end(c),
             InjectConfig::Http(c) => http::config::inject_end(c),
             InjectConfig::Kafka(c) => kafka::config::end(&c.topic, &c.connection),
         }
@@ -173,6 +179,7 @@ impl InjectConfig {
         let path = format!("{path}.{}", self.system());
         match self {
             InjectConfig::Nats(c) => c.validate(&path, p),
+            InjectConfig::JetStream(c) => c.validate(&path, p),
             InjectConfig::Http(c) => c.validate(&path, p),
             InjectConfig::Kafka(c) => c.validate(&path, p),
         }
@@ -190,6 +197,7 @@ impl CatchConfig {
     pub fn end(&self, probe: &str) -> End {
         match self {
             CatchConfig::Nats(c) => nats::config::end(&c.subject, &c.connection),
+            CatchConfig::JetStream(c) => jetstream::config::catch_end(c),
             CatchConfig::Http(_) => http::config::catch_end(probe),
             CatchConfig::Kafka(c) => kafka::config::end(&c.topic, &c.connection),
         }
@@ -208,6 +216,7 @@ impl CatchConfig {
         let path = format!("{path}.{}", self.system());
         match self {
             CatchConfig::Nats(c) => c.validate(&path, p),
+            CatchConfig::JetStream(c) => c.validate(&path, p),
             CatchConfig::Http(c) => c.validate(&path, p),
             CatchConfig::Kafka(c) => c.validate(&path, p),
         }
@@ -258,14 +267,18 @@ fn check_connection(
 ) {
     let Some(name) = &end.connection else { return };
     let path = format!("{path}.connection");
+    // JetStream rides a NATS connection.
+    let needs = match end.system {
+        "jetstream" => "nats",
+        other => other,
+    };
     match conns.get(name) {
-        Some(c) if c.system() == end.system => {}
+        Some(c) if c.system() == needs => {}
         Some(c) => p.add(
             path,
             format!(
-                "connection `{name}` is a {} connection; this transport needs a {} one",
+                "connection `{name}` is a {} connection; this transport needs a {needs} one",
                 c.system(),
-                end.system
             ),
         ),
         None => {
@@ -600,6 +613,10 @@ impl Connections {
                 c,
                 publish_timeout,
             )?),
+            InjectConfig::JetStream(c) => {
+                jetstream::inject::build(named(&self.nats, &c.connection)?, c, publish_timeout, ctx)
+                    .await?
+            }
             InjectConfig::Http(c) => Arc::new(http::inject::HttpInject::new(
                 c,
                 probe,
@@ -629,6 +646,9 @@ impl Connections {
         Ok(match config {
             CatchConfig::Nats(c) => {
                 nats::catch::start(named(&self.nats, &c.connection)?, c, sink, ctx).await?
+            }
+            CatchConfig::JetStream(c) => {
+                jetstream::catch::start(named(&self.nats, &c.connection)?, c, sink, ctx).await?
             }
             CatchConfig::Http(c) => http::catch::start(c, sink, ctx),
             CatchConfig::Kafka(c) => {

@@ -16,6 +16,7 @@ pub struct NatsServer {
     bin: PathBuf,
     dir: TempDir,
     auth: Option<(String, String)>,
+    jetstream: bool,
     child: Option<Child>,
 }
 
@@ -29,12 +30,27 @@ impl NatsServer {
         Self::start_with(Some((user.into(), password.into())))
     }
 
+    /// A server with JetStream, storing in its own directory (kept across restarts).
+    pub fn with_jetstream() -> NatsServer {
+        let mut s = NatsServer {
+            port: free_port(),
+            bin: find_bin("nats-server", "nats-server"),
+            dir: TempDir::new("nats"),
+            auth: None,
+            jetstream: true,
+            child: None,
+        };
+        s.restart();
+        s
+    }
+
     fn start_with(auth: Option<(String, String)>) -> NatsServer {
         let mut s = NatsServer {
             port: free_port(),
             bin: find_bin("nats-server", "nats-server"),
             dir: TempDir::new("nats"),
             auth,
+            jetstream: false,
             child: None,
         };
         s.restart();
@@ -55,6 +71,9 @@ impl NatsServer {
             .arg(self.dir.path().join("nats.pid"));
         if let Some((user, password)) = &self.auth {
             cmd.args(["--user", user, "--pass", password]);
+        }
+        if self.jetstream {
+            cmd.arg("-js").arg("-sd").arg(self.dir.path().join("js"));
         }
         let child = cmd
             .stdout(Stdio::null())

@@ -285,6 +285,160 @@ async fn nats_publish(
         .expect("publish");
 }
 
+// ---------------------------------------------------------------- JetStream
+
+/// A nats-server 2.9 with JetStream (Debian's: chirp uses no 2.10 feature),
+/// a file-backed stream per destination, so streams survive a restart.
+pub struct JetStream {
+    pub server: NatsServer,
+}
+
+impl JetStream {
+    /// The stream that captures subject `dest`.
+    pub fn stream_name(dest: &str) -> String {
+        dest.replace('.', "_")
+    }
+
+    /// Creates a stream capturing `dest` (if there is none).
+    pub async fn create_stream(&self, dest: &str) {
+        let client = async_nats::connect(self.server.url())
+            .await
+            .expect("connect");
+        let js = async_nats::jetstream::new(client);
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: Self::stream_name(dest),
+            subjects: vec![dest.to_owned()],
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .expect("create the stream");
+    }
+}
+
+impl Target for JetStream {
+    async fn start(_chirp_port: u16) -> Self {
+        JetStream {
+            server: NatsServer::with_jetstream(),
+        }
+    }
+
+    fn connection(&self) -> Option<(String, String)> {
+        Some((
+            "main".into(),
+            format!("nats: {{url: \"{}\"}}", self.server.url()),
+        ))
+    }
+
+    fn inject(&self, dest: &str) -> String {
+        format!("{{jetstream: {{connection: main, subject: {dest}}}}}")
+    }
+
+    fn catch(&self, dest: &str) -> String {
+        format!(
+            "{{jetstream: {{connection: main, stream: {}, subject: {dest}}}}}",
+            Self::stream_name(dest)
+        )
+    }
+
+    async fn prepare(&self, dests: &[&str]) {
+        for d in dests {
+            self.create_stream(d).await;
+        }
+    }
+
+    /// Reads `from` as a core subscriber (a stored message is also
+    /// published on its subject) and publishes to `to`'s stream, waiting
+    /// for each PubAck.
+    async fn relay(&self, from: &str, to: &str, _probe: &str, plan: Plan) -> JoinHandle<()> {
+        let client = async_nats::connect(self.server.url())
+            .await
+            .expect("relay connect");
+        let mut sub = client
+            .subscribe(from.to_owned())
+            .await
+            .expect("relay subscribe");
+        client.flush().await.expect("relay flush");
+        let js = async_nats::jetstream::new(client.clone());
+        let to = to.to_owned();
+        let queue = forwarder(move |m: Msg| {
+            let (js, to) = (js.clone(), to.clone());
+            async move {
+                let mut h = async_nats::HeaderMap::new();
+                if let Some(t) = &m.token {
+                    h.insert(HEADER, t.as_str());
+                }
+                js.publish_with_headers(to, h, m.body.into())
+                    .await
+                    .expect("relay publish")
+                    .await
+                    .expect("relay PubAck");
+            }
+        });
+        tokio::spawn(async move {
+            let mut relay = Relay::new(plan);
+            while let Some(m) = sub.next().await {
+                let token = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(HEADER))
+                    .map(|v| v.to_string());
+                let _ = queue.send(relay.on(Msg {
+                    token,
+                    body: m.payload.to_vec(),
+                }));
+            }
+        })
+    }
+
+    async fn publish(&self, dest: &str, _probe: &str, token: Option<&str>, body: Vec<u8>) {
+        let client = async_nats::connect(self.server.url())
+            .await
+            .expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let mut h = async_nats::HeaderMap::new();
+        if let Some(t) = token {
+            h.insert(HEADER, t);
+        }
+        js.publish_with_headers(dest.to_owned(), h, body.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("PubAck");
+    }
+
+    async fn looped(&self, name: &str) -> Looped {
+        let dest = format!("{name}.loop");
+        self.create_stream(&dest).await;
+        Looped {
+            inject: self.inject(&dest),
+            catch: self.catch(&dest),
+            dest,
+        }
+    }
+
+    fn kill(&mut self) {
+        self.server.kill();
+    }
+
+    async fn restart(&mut self) {
+        self.server.restart();
+    }
+
+    fn reports_down(&self) -> bool {
+        true
+    }
+
+    fn tolerance(&self) -> Duration {
+        // As core NATS, plus a stored write and the consumer's pull per hop.
+        Duration::from_millis(40)
+    }
+
+    fn outage_kind(&self) -> FailureKind {
+        FailureKind::Unavailable
+    }
+}
+
 // ---------------------------------------------------------------- Kafka
 
 pub struct Kafka {

@@ -74,7 +74,7 @@ impl ConnectionConfig {
 
 /// A subject is dot-separated non-empty tokens without spaces; only a
 /// subscription may use the wildcards `*` and `>`.
-fn check_subject(subject: &str, wildcards: bool, path: &str, p: &mut Problems) {
+pub fn check_subject(subject: &str, wildcards: bool, path: &str, p: &mut Problems) {
     let bad = subject.is_empty()
         || subject.contains(char::is_whitespace)
         || subject.split('.').any(str::is_empty)
