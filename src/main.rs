@@ -101,8 +101,12 @@ fn init_logging(format: LogFormat, default_level: &str) {
     // At trace level the NATS client prints every message's headers, and a
     // configured header may carry a secret: its lines stop at debug.
     if filter.max_level_hint() == Some(tracing::level_filters::LevelFilter::TRACE) {
-        if let Ok(cap) = "async_nats=debug".parse() {
-            filter = filter.add_directive(cap);
+        // lapin dumps AMQP frames at trace: the connection's start-ok
+        // carries the password.
+        for cap in ["async_nats=debug", "lapin=debug", "amq_protocol=debug"] {
+            if let Ok(cap) = cap.parse() {
+                filter = filter.add_directive(cap);
+            }
         }
     }
     // Colour only for a person at a terminal: a file or journald gets plain

@@ -19,7 +19,7 @@ mod support;
 use chirp::canary::{Signer, Token};
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
-use support::targets::{JetStream, Kafka, Nats, Plan, Target, Webhook};
+use support::targets::{JetStream, Kafka, Nats, Plan, Rabbit, Target, Webhook};
 use support::{free_port, wait_for, Conf, Scrape, KEY};
 use tokio::time::Instant;
 
@@ -344,6 +344,7 @@ macro_rules! suite {
 suite! {
     nats: Nats => [relay_faults, restart, down_at_start, garbage];
     jetstream: JetStream => [relay_faults, restart, down_at_start, garbage];
+    amqp: Rabbit => [relay_faults, restart, down_at_start, garbage];
     kafka: Kafka => [relay_faults, restart, down_at_start, garbage];
     http: Webhook => [relay_faults, restart, down_at_start, garbage];
 }
@@ -505,4 +506,111 @@ async fn nats_malformed_headers_disturb_only_the_catch_client() {
         "the client never handed them over: {c:?}"
     );
     rt.shutdown().await;
+}
+
+/// RabbitMQ: a canary published to an exchange where no queue is bound for
+/// its routing key comes back (`mandatory`): it is
+/// `publish_failed{kind="rejected"}`, never delivered and never lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_unroutable_canaries_are_rejected_never_lost() {
+    let port = free_port();
+    let t = Rabbit::start(port).await;
+    t.prepare(&["bound"]).await;
+    let config = conf(&t, port)
+        .probe(format!(
+            "{{name: nowhere, interval: 20ms, deadline: 2s, inject: {}, catch: {}}}",
+            t.inject("unbound.key"),
+            t.catch("bound")
+        ))
+        .build();
+    let mut rt = support::start_counted(&config, 30).await;
+    rt.injection_done().await;
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    let c = rt.probes()[0].probe.counts();
+    assert!(c.invariant_holds(), "{c:?}");
+    assert_eq!(
+        (c.sent, c.publish_failed, c.delivered, c.lost),
+        (30, 30, 0, 0),
+        "{c:?}"
+    );
+    assert_eq!(c.failed(chirp::outcome::FailureKind::Rejected), 30, "{c:?}");
+    rt.shutdown().await;
+}
+
+/// JetStream through a named durable pull consumer: every canary is
+/// delivered and acked after recording, so the consumer has nothing
+/// pending and nothing redelivered once the run is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_durable_consumer_acks_every_canary() {
+    let port = free_port();
+    let t = JetStream::start(port).await;
+    t.create_stream("durable.loop").await;
+    let client = async_nats::connect(t.server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream("durable_loop").await.unwrap();
+    stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("service".into()),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let config = conf(&t, port)
+        .probe(format!(
+            "{{name: durable, interval: 20ms, deadline: 3s, inject: {}, catch: {{jetstream: {{connection: main, stream: durable_loop, consumer: service}}}}}}",
+            t.inject("durable.loop"),
+        ))
+        .build();
+    let mut rt = support::start_counted(&config, 50).await;
+    rt.injection_done().await;
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    let c = rt.probes()[0].probe.counts();
+    assert_eq!((c.sent, c.delivered, c.duplicate), (50, 50, 0), "{c:?}");
+    rt.shutdown().await;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer("service").await.unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(
+        (
+            info.num_ack_pending,
+            info.num_redelivered,
+            info.delivered.stream_sequence
+        ),
+        (0, 0, 50),
+        "{info:?}"
+    );
+}
+
+/// `check` against a JetStream subject no stream captures, or a stream
+/// that does not exist, exits 3 (unreachable), before any canary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_missing_streams_are_unreachable() {
+    let port = free_port();
+    let t = JetStream::start(port).await;
+    t.create_stream("exists").await;
+    for (inject, catch) in [
+        (t.inject("nobody.captures"), t.catch("exists")),
+        (
+            t.inject("exists"),
+            "{jetstream: {connection: main, stream: MISSING}}".to_owned(),
+        ),
+    ] {
+        let config = conf(&t, port)
+            .probe(format!(
+                "{{name: lost, interval: 20ms, inject: {inject}, catch: {catch}}}"
+            ))
+            .build();
+        let opts = chirp::runtime::Options {
+            count: Some(5),
+            fail_fast: true,
+            reload: false,
+            ..chirp::runtime::Options::run(config.listen.address)
+        };
+        match chirp::runtime::Runtime::start(&config, opts).await {
+            Err(e) => assert!(e.is_unreachable(), "{e:#}"),
+            Ok(_) => panic!("started with {inject} / {catch}"),
+        }
+    }
 }

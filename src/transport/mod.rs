@@ -5,6 +5,7 @@
 //! connect, build an injector and start a catch. The rest of chirp talks to
 //! the small traits below, so it never names a transport.
 
+pub mod amqp;
 mod errors;
 pub mod http;
 pub mod jetstream;
@@ -29,7 +30,7 @@ use tokio_util::task::TaskTracker;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Transports chirp will have but does not have yet.
-const PLANNED: [&str; 2] = ["amqp", "mqtt"];
+const PLANNED: [&str; 1] = ["mqtt"];
 
 const ONE_TRANSPORT: &str =
     "name exactly one transport, e.g. `nats: {connection: main, subject: orders.in}`";
@@ -87,6 +88,7 @@ macro_rules! one_transport {
 pub enum ConnectionConfig {
     Nats(nats::config::ConnectionConfig),
     Kafka(kafka::config::ConnectionConfig),
+    Amqp(amqp::config::ConnectionConfig),
 }
 
 /// Where a probe's canaries go in.
@@ -96,6 +98,7 @@ pub enum InjectConfig {
     JetStream(jetstream::config::InjectConfig),
     Http(http::config::InjectConfig),
     Kafka(kafka::config::InjectConfig),
+    Amqp(amqp::config::InjectConfig),
 }
 
 /// Where a probe's canaries come out.
@@ -105,23 +108,27 @@ pub enum CatchConfig {
     JetStream(jetstream::config::CatchConfig),
     Http(http::config::CatchConfig),
     Kafka(kafka::config::CatchConfig),
+    Amqp(amqp::config::CatchConfig),
 }
 
 one_transport!(ConnectionConfig {
     "nats" => Nats(nats::config::ConnectionConfig),
     "kafka" => Kafka(kafka::config::ConnectionConfig),
+    "amqp" => Amqp(amqp::config::ConnectionConfig),
 });
 one_transport!(InjectConfig {
     "nats" => Nats(nats::config::InjectConfig),
     "jetstream" => JetStream(jetstream::config::InjectConfig),
     "http" => Http(http::config::InjectConfig),
     "kafka" => Kafka(kafka::config::InjectConfig),
+    "amqp" => Amqp(amqp::config::InjectConfig),
 });
 one_transport!(CatchConfig {
     "nats" => Nats(nats::config::CatchConfig),
     "jetstream" => JetStream(jetstream::config::CatchConfig),
     "http" => Http(http::config::CatchConfig),
     "kafka" => Kafka(kafka::config::CatchConfig),
+    "amqp" => Amqp(amqp::config::CatchConfig),
 });
 
 impl ConnectionConfig {
@@ -129,6 +136,7 @@ impl ConnectionConfig {
         match self {
             ConnectionConfig::Nats(_) => "nats",
             ConnectionConfig::Kafka(_) => "kafka",
+            ConnectionConfig::Amqp(_) => "amqp",
         }
     }
 
@@ -137,6 +145,7 @@ impl ConnectionConfig {
         match self {
             ConnectionConfig::Nats(c) => c.validate(&path, p),
             ConnectionConfig::Kafka(c) => c.validate(&path, p),
+            ConnectionConfig::Amqp(c) => c.validate(&path, p),
         }
     }
 }
@@ -163,6 +172,7 @@ impl InjectConfig {
             InjectConfig::JetStream(c) => jetstream::config::inject_end(c),
             InjectConfig::Http(c) => http::config::inject_end(c),
             InjectConfig::Kafka(c) => kafka::config::end(&c.topic, &c.connection),
+            InjectConfig::Amqp(c) => amqp::config::inject_end(c),
         }
     }
 
@@ -182,6 +192,7 @@ impl InjectConfig {
             InjectConfig::JetStream(c) => c.validate(&path, p),
             InjectConfig::Http(c) => c.validate(&path, p),
             InjectConfig::Kafka(c) => c.validate(&path, p),
+            InjectConfig::Amqp(c) => c.validate(&path, p),
         }
         check_connection(&self.end(), &path, conns, p);
     }
@@ -200,6 +211,7 @@ impl CatchConfig {
             CatchConfig::JetStream(c) => jetstream::config::catch_end(c),
             CatchConfig::Http(_) => http::config::catch_end(probe),
             CatchConfig::Kafka(c) => kafka::config::end(&c.topic, &c.connection),
+            CatchConfig::Amqp(c) => amqp::config::catch_end(c),
         }
     }
 
@@ -219,6 +231,7 @@ impl CatchConfig {
             CatchConfig::JetStream(c) => c.validate(&path, p),
             CatchConfig::Http(c) => c.validate(&path, p),
             CatchConfig::Kafka(c) => c.validate(&path, p),
+            CatchConfig::Amqp(c) => c.validate(&path, p),
         }
         check_connection(&self.end(""), &path, conns, p);
     }
@@ -551,6 +564,7 @@ pub fn needs(
 pub struct Connections {
     nats: BTreeMap<String, nats::Connected>,
     kafka: BTreeMap<String, kafka::Connected>,
+    amqp: BTreeMap<String, amqp::Connected>,
     links: Vec<Arc<LinkStatus>>,
 }
 
@@ -581,6 +595,11 @@ pub async fn connect_needed(
                 let conn = kafka::connect(name, c, need.destinations.clone())?;
                 out.links.push(conn.link());
                 out.kafka.insert(name.clone(), conn);
+            }
+            ConnectionConfig::Amqp(c) => {
+                let conn = amqp::connect(name, c, need.roles, ctx).await?;
+                out.links.extend(conn.links());
+                out.amqp.insert(name.clone(), conn);
             }
         }
     }
@@ -623,6 +642,10 @@ impl Connections {
                 publish_timeout,
                 ctx,
             )?),
+            InjectConfig::Amqp(c) => {
+                amqp::inject::build(named(&self.amqp, &c.connection)?, c, publish_timeout, ctx)
+                    .await?
+            }
             InjectConfig::Kafka(c) => {
                 kafka::inject::build(
                     named(&self.kafka, &c.connection)?,
@@ -654,6 +677,9 @@ impl Connections {
             CatchConfig::Kafka(c) => {
                 kafka::catch::start(named(&self.kafka, &c.connection)?, c, sink, ctx).await?
             }
+            CatchConfig::Amqp(c) => {
+                amqp::catch::start(named(&self.amqp, &c.connection)?, c, sink, ctx).await?
+            }
         })
     }
 
@@ -673,6 +699,9 @@ impl Connections {
             if let Some(c) = self.kafka.remove(name) {
                 out.kafka.insert(name.clone(), c);
             }
+            if let Some(c) = self.amqp.remove(name) {
+                out.amqp.insert(name.clone(), c);
+            }
         }
         let (gone, kept) = std::mem::take(&mut self.links)
             .into_iter()
@@ -686,6 +715,7 @@ impl Connections {
     pub fn add(&mut self, other: Connections) {
         self.nats.extend(other.nats);
         self.kafka.extend(other.kafka);
+        self.amqp.extend(other.amqp);
         self.links.extend(other.links);
     }
 
@@ -693,6 +723,9 @@ impl Connections {
     pub async fn close(self) {
         for (_, k) in self.kafka {
             k.close().await;
+        }
+        for (_, a) in self.amqp {
+            a.close().await;
         }
         drop(self.nats);
     }

@@ -369,12 +369,16 @@ fn the_shipped_examples_are_valid_once_uncommented() {
     assert_ne!(all, text, "there are examples to uncomment");
     let c = chirp::config::load_str(&all, &std::collections::HashMap::new())
         .unwrap_or_else(|e| panic!("the uncommented examples do not load: {e:#?}\n{all}"));
-    assert!(c.connections.contains_key("main-nats") && c.connections.contains_key("main-kafka"));
-    assert!(
-        c.probes.iter().any(|p| p.name == "orders"),
-        "{:?}",
-        c.probes
-    );
+    for conn in ["main-nats", "main-kafka", "main-rabbit"] {
+        assert!(c.connections.contains_key(conn), "{conn}");
+    }
+    for probe in ["orders", "orders-js", "orders-rabbit"] {
+        assert!(
+            c.probes.iter().any(|p| p.name == probe),
+            "{probe}: {:?}",
+            c.probes
+        );
+    }
     assert!(c.otlp.is_some());
 }
 

@@ -2,6 +2,7 @@
 //! libraries' own debug and trace logs: NATS credentials written in the URL
 //! are taken out of it and given to the client as auth options (and work).
 
+use crate::support::brokers::RabbitMq;
 use crate::support::{free_port, Conf, NatsServer, Scrape, CHIRP};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,16 +12,32 @@ const PASSWORD: &str = "Hunter2-xyzzy-0451";
 const HEADER_SECRET: &str = "Bearer-S3cr3t-header-77";
 
 fn run_and_collect_logs(level: &str, url: &str) -> String {
+    run_with_logs(
+        level,
+        &format!("nats: {{url: \"{url}\"}}"),
+        &format!(
+            "{{nats: {{connection: main, subject: s, headers: {{x-auth: {HEADER_SECRET}}}}}}}"
+        ),
+        "{nats: {connection: main, subject: s}}",
+    )
+}
+
+/// Runs a loop probe through `connection` at log `level` until 5 canaries
+/// are delivered (the credentials work); its stderr.
+fn run_with_logs(level: &str, connection: &str, inject: &str, catch: &str) -> String {
     let port = free_port();
     let cfg = Conf::new()
         .listen(format!("127.0.0.1:{port}"))
-        .connection("main", format!("nats: {{url: \"{url}\"}}"))
-        .probe(format!("{{name: loop, interval: 20ms, inject: {{nats: {{connection: main, subject: s, headers: {{x-auth: {HEADER_SECRET}}}}}}}, catch: {{nats: {{connection: main, subject: s}}}}}}"))
+        .connection("main", connection)
+        .probe(format!(
+            "{{name: loop, interval: 20ms, inject: {inject}, catch: {catch}}}"
+        ))
         .file();
     let mut child = Command::new(&*CHIRP)
         .args(["run", "-c"])
         .arg(&cfg.path)
         .env("CHIRP_LOG", level)
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -122,5 +139,53 @@ fn urls_that_cannot_be_used_are_refused_everywhere_without_their_password() {
                 "{args:?} printed the password:\n{all}"
             );
         }
+    }
+}
+
+/// RabbitMQ credentials in the URL and in `password` work and never reach a
+/// log line, lapin's own trace logs (AMQP frames) included.
+#[test]
+fn amqp_credentials_work_and_never_reach_the_logs() {
+    let rabbit = RabbitMq::with_user("alice", PASSWORD);
+    let declared =
+        "{amqp: {connection: main, queue: q, declare: true, bind: {exchange: e, routing_key: k}}}";
+    let inject = format!("{{amqp: {{connection: main, exchange: e, routing_key: k, declare: true, headers: {{x-auth: {HEADER_SECRET}}}}}}}");
+    for (level, connection) in [
+        (
+            "debug",
+            format!(
+                "amqp: {{url: \"amqp://alice:{PASSWORD}@127.0.0.1:{}\"}}",
+                rabbit.port
+            ),
+        ),
+        (
+            "trace",
+            format!(
+                "amqp: {{url: \"amqp://alice:{PASSWORD}@127.0.0.1:{}\"}}",
+                rabbit.port
+            ),
+        ),
+        (
+            "trace",
+            format!(
+                "amqp: {{url: \"amqp://127.0.0.1:{}\", user: alice, password: {PASSWORD}}}",
+                rabbit.port
+            ),
+        ),
+    ] {
+        let logs = run_with_logs(level, &connection, &inject, declared);
+        assert!(logs.contains("RabbitMQ connected"), "{logs}");
+        assert!(
+            logs.contains("lapin"),
+            "no client library lines at {level}:\n{logs}"
+        );
+        assert!(
+            !logs.contains(PASSWORD),
+            "the password leaked at {level}:\n{logs}"
+        );
+        assert!(
+            !logs.contains(HEADER_SECRET),
+            "a header value leaked at {level}:\n{logs}"
+        );
     }
 }

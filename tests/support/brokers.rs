@@ -6,6 +6,7 @@ use super::{find_bin, free_port, TempDir};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -96,6 +97,131 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A RabbitMQ node of its own (Debian package `rabbitmq-server`): its own
+/// AMQP, distribution and epmd ports, node name, data and log directories,
+/// and an empty plugin list; it keeps its queues across a restart.
+pub struct RabbitMq {
+    pub port: u16,
+    dist_port: u16,
+    epmd_port: u16,
+    bin: PathBuf,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl RabbitMq {
+    pub fn start() -> RabbitMq {
+        Self::start_with(None)
+    }
+
+    /// A node whose only user is `user` with `password` (no guest).
+    pub fn with_user(user: &str, password: &str) -> RabbitMq {
+        Self::start_with(Some((user, password)))
+    }
+
+    fn start_with(user: Option<(&str, &str)>) -> RabbitMq {
+        // Debian's wrapper (/usr/sbin/rabbitmq-server) switches to the
+        // rabbitmq user; the script under it runs as whoever starts it.
+        let wrapper = find_bin("rabbitmq-server", "rabbitmq-server");
+        let bin = PathBuf::from("/usr/lib/rabbitmq/bin/rabbitmq-server");
+        let bin = if bin.is_file() { bin } else { wrapper };
+        let dir = TempDir::new("rabbitmq");
+        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").unwrap();
+        // Guest may connect from 127.0.0.1 (the default allows only "localhost" names).
+        let mut conf = String::from("loopback_users = none\n");
+        if let Some((u, p)) = user {
+            conf.push_str(&format!("default_user = {u}\ndefault_pass = {p}\n"));
+        }
+        std::fs::write(dir.path().join("rabbitmq.conf"), conf).unwrap();
+        let mut s = RabbitMq {
+            port: free_port(),
+            dist_port: free_port(),
+            epmd_port: free_port(),
+            bin,
+            dir,
+            child: None,
+        };
+        s.restart();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Starts (or starts again) with the same ports and data; waits until
+    /// the AMQP port accepts connections (the broker has booted).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let d = self.dir.path();
+        let log = std::fs::File::create(d.join("rabbitmq.out")).expect("log file");
+        let child = Command::new(&self.bin)
+            .env("HOME", d)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("ERL_EPMD_PORT", self.epmd_port.to_string())
+            .env("RABBITMQ_NODENAME", format!("chirp{}@localhost", self.port))
+            .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", d.join("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
+            .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq"))
+            .env("RABBITMQ_PID_FILE", d.join("rabbitmq.pid"))
+            // The Erlang VM reads its stdin: never the test runner's.
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("cannot start rabbitmq-server");
+        self.child = Some(child);
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < give_up,
+                "rabbitmq-server did not listen on port {} within 60s: {}",
+                self.port,
+                std::fs::read_to_string(d.join("rabbitmq.out")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the node abruptly (SIGKILL to its process group), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: killpg takes no pointers; the group is the node's own
+            // (spawned with process_group(0)), so nothing else is hit.
+            unsafe {
+                libc::killpg(c.id() as i32, libc::SIGKILL);
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RabbitMq {
+    fn drop(&mut self) {
+        self.kill();
+        // epmd detaches from the node; it is ours (own port), so stop it
+        // too. It refuses while the killed node is still registered: retry.
+        for _ in 0..50 {
+            let out = Command::new("epmd")
+                .args(["-port", &self.epmd_port.to_string(), "-kill"])
+                .stdin(Stdio::null())
+                .output();
+            match out {
+                Ok(o) if String::from_utf8_lossy(&o.stdout).contains("Killed") => break,
+                // Nothing listens there (never started, or gone already).
+                Ok(o) if String::from_utf8_lossy(&o.stderr).contains("Cannot connect") => break,
+                Err(_) => break,
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! line to the list in `tests/faults.rs`; every scenario (relay faults,
 //! broker or endpoint restart, garbage at the sink) then runs on it.
 
-use super::brokers::{create_topics, NatsServer, Tansu};
+use super::brokers::{create_topics, NatsServer, RabbitMq, Tansu};
 use super::{free_port, KEY};
 use axum::body::Bytes;
 use axum::http::HeaderMap;
@@ -432,6 +432,203 @@ impl Target for JetStream {
     fn tolerance(&self) -> Duration {
         // As core NATS, plus a stored write and the consumer's pull per hop.
         Duration::from_millis(40)
+    }
+
+    fn outage_kind(&self) -> FailureKind {
+        FailureKind::Unavailable
+    }
+}
+
+// ---------------------------------------------------------------- RabbitMQ
+
+/// A RabbitMQ node with a durable topic exchange `chirp`; each destination
+/// is a durable queue of that name bound to it by the same routing key.
+pub struct Rabbit {
+    pub server: RabbitMq,
+}
+
+pub const RABBIT_EXCHANGE: &str = "chirp";
+
+impl Rabbit {
+    pub async fn channel(&self) -> lapin::Channel {
+        let conn =
+            lapin::Connection::connect(&self.server.url(), lapin::ConnectionProperties::default())
+                .await
+                .expect("connect to RabbitMQ");
+        // The connection lives as long as the channel is used.
+        let ch = conn.create_channel().await.expect("channel");
+        std::mem::forget(conn);
+        ch
+    }
+
+    /// Declares the exchange and a queue `dest` bound to it by `dest`.
+    pub async fn declare(&self, dest: &str) {
+        use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+        use lapin::types::FieldTable;
+        let ch = self.channel().await;
+        ch.exchange_declare(
+            RABBIT_EXCHANGE.into(),
+            lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare the exchange");
+        ch.queue_declare(
+            dest.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare the queue");
+        ch.queue_bind(
+            dest.into(),
+            RABBIT_EXCHANGE.into(),
+            dest.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind the queue");
+        let _ = ch.close(200, "done".into()).await;
+    }
+}
+
+/// Publishes `body` to the `chirp` exchange with routing key `dest`, the
+/// token in the `Chirp-Token` header, and waits for the confirm.
+pub async fn rabbit_publish(ch: &lapin::Channel, dest: &str, token: Option<&str>, body: &[u8]) {
+    use lapin::types::{AMQPValue, FieldTable};
+    let mut headers = FieldTable::default();
+    if let Some(t) = token {
+        headers.insert(HEADER.into(), AMQPValue::LongString(t.to_owned().into()));
+    }
+    ch.basic_publish(
+        RABBIT_EXCHANGE.into(),
+        dest.into(),
+        lapin::options::BasicPublishOptions::default(),
+        body,
+        lapin::BasicProperties::default().with_headers(headers),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm");
+}
+
+impl Target for Rabbit {
+    async fn start(_chirp_port: u16) -> Self {
+        Rabbit {
+            server: tokio::task::block_in_place(RabbitMq::start),
+        }
+    }
+
+    fn connection(&self) -> Option<(String, String)> {
+        Some((
+            "main".into(),
+            format!("amqp: {{url: \"{}\"}}", self.server.url()),
+        ))
+    }
+
+    fn inject(&self, dest: &str) -> String {
+        format!("{{amqp: {{connection: main, exchange: {RABBIT_EXCHANGE}, routing_key: {dest}}}}}")
+    }
+
+    fn catch(&self, dest: &str) -> String {
+        format!("{{amqp: {{connection: main, queue: {dest}}}}}")
+    }
+
+    async fn prepare(&self, dests: &[&str]) {
+        for d in dests {
+            self.declare(d).await;
+        }
+    }
+
+    async fn relay(&self, from: &str, to: &str, _probe: &str, plan: Plan) -> JoinHandle<()> {
+        use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
+        let ch = self.channel().await;
+        let mut consumer = ch
+            .basic_consume(
+                from.into(),
+                "relay".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("relay consume");
+        let out = self.channel().await;
+        out.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        let to = to.to_owned();
+        let queue = forwarder(move |m: Msg| {
+            let (out, to) = (out.clone(), to.clone());
+            async move { rabbit_publish(&out, &to, m.token.as_deref(), &m.body).await }
+        });
+        tokio::spawn(async move {
+            let mut relay = Relay::new(plan);
+            while let Some(Ok(d)) = consumer.next().await {
+                let token = d
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get(HEADER).cloned())
+                    .and_then(|v| match v {
+                        lapin::types::AMQPValue::LongString(s) => {
+                            Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                        }
+                        _ => None,
+                    });
+                let _ = queue.send(relay.on(Msg {
+                    token,
+                    body: d.data,
+                }));
+            }
+        })
+    }
+
+    async fn publish(&self, dest: &str, _probe: &str, token: Option<&str>, body: Vec<u8>) {
+        let ch = self.channel().await;
+        ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        rabbit_publish(&ch, dest, token, &body).await;
+        let _ = ch.close(200, "done".into()).await;
+    }
+
+    async fn looped(&self, name: &str) -> Looped {
+        let dest = format!("{name}.loop");
+        self.declare(&dest).await;
+        Looped {
+            inject: self.inject(&dest),
+            catch: self.catch(&dest),
+            dest,
+        }
+    }
+
+    fn kill(&mut self) {
+        self.server.kill();
+    }
+
+    async fn restart(&mut self) {
+        // The node takes seconds to boot: off the runtime's worker meanwhile.
+        tokio::task::block_in_place(|| self.server.restart());
+    }
+
+    fn reports_down(&self) -> bool {
+        true
+    }
+
+    fn tolerance(&self) -> Duration {
+        Duration::from_millis(25)
     }
 
     fn outage_kind(&self) -> FailureKind {
