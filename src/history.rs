@@ -37,17 +37,18 @@ pub struct Tally {
     pub delivered: u64,
     pub lost: u64,
     pub publish_failed: u64,
+    pub dead_lettered: u64,
 }
 
 impl Tally {
-    /// Canaries that resolved in the span (delivered, lost or refused).
+    /// Canaries that resolved in the span (delivered, dead-lettered, lost or refused).
     pub fn resolved(&self) -> u64 {
-        self.delivered + self.lost + self.publish_failed
+        self.delivered + self.dead_lettered + self.lost + self.publish_failed
     }
 
-    /// Lost or refused by the producer.
+    /// Lost, refused by the producer, or dead-lettered by the pipeline.
     pub fn failed(&self) -> u64 {
-        self.lost + self.publish_failed
+        self.lost + self.publish_failed + self.dead_lettered
     }
 
     /// The share of resolved canaries lost or refused; `None` when none resolved.
@@ -61,6 +62,7 @@ impl Tally {
         self.delivered += u64::from(other.delivered);
         self.lost += u64::from(other.lost);
         self.publish_failed += u64::from(other.publish_failed);
+        self.dead_lettered += u64::from(other.dead_lettered);
     }
 }
 
@@ -96,6 +98,7 @@ struct Counters {
     delivered: u32,
     lost: u32,
     publish_failed: u32,
+    dead_lettered: u32,
 }
 
 impl Counters {
@@ -105,6 +108,7 @@ impl Counters {
             Event::Delivered => &mut self.delivered,
             Event::Lost => &mut self.lost,
             Event::PublishFailed => &mut self.publish_failed,
+            Event::DeadLettered => &mut self.dead_lettered,
         };
         *c = c.saturating_add(1);
     }
@@ -116,6 +120,7 @@ enum Event {
     Delivered,
     Lost,
     PublishFailed,
+    DeadLettered,
 }
 
 /// No p99 known for the minute.
@@ -140,6 +145,7 @@ impl Minute {
             delivered: 0,
             lost: 0,
             publish_failed: 0,
+            dead_lettered: 0,
         },
         max_us: 0,
         p99_us: NO_P99,
@@ -429,6 +435,7 @@ impl Observer for History {
                         Resolution::Delivered { latency } => ring.delivered(at, *latency),
                         Resolution::Lost => ring.count(at, Event::Lost),
                         Resolution::PublishFailed(_) => ring.count(at, Event::PublishFailed),
+                        Resolution::DeadLettered => ring.count(at, Event::DeadLettered),
                     }
                 }
                 LedgerEvent::Acknowledged { .. } | LedgerEvent::Caught { .. } => {}

@@ -56,7 +56,9 @@ pub enum Stray {
 pub enum Arrival {
     /// First catch before the deadline; `reordered` if a higher sequence came first.
     Delivered { latency: Duration, reordered: bool },
-    /// Caught again after it was delivered.
+    /// First catch, before the deadline, at the pipeline's dead-letter queue.
+    DeadLettered { latency: Duration },
+    /// Caught again after it was delivered (or dead-lettered).
     Duplicate,
     /// Caught after it was resolved as not delivered (lost, or its publish failed).
     Late,
@@ -80,6 +82,7 @@ impl Verdict {
             Verdict::Arrival(Arrival::Delivered {
                 reordered: true, ..
             }) => "delivered_reordered",
+            Verdict::Arrival(Arrival::DeadLettered { .. }) => "dead_lettered",
             Verdict::Arrival(Arrival::Duplicate) => "duplicate",
             Verdict::Arrival(Arrival::Late) => "late",
             Verdict::Arrival(Arrival::NeverSent) => "rejected",
@@ -91,11 +94,12 @@ impl Verdict {
 }
 
 /// Counters, read together under one lock so the invariant holds in every snapshot:
-/// `sent = delivered + lost + publish_failed + in_flight`.
+/// `sent = delivered + dead_lettered + lost + publish_failed + in_flight`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
     pub sent: u64,
     pub delivered: u64,
+    pub dead_lettered: u64,
     pub lost: u64,
     pub publish_failed: u64,
     pub in_flight: u64,
@@ -114,6 +118,7 @@ impl Counts {
     pub fn add(&mut self, other: &Counts) {
         self.sent += other.sent;
         self.delivered += other.delivered;
+        self.dead_lettered += other.dead_lettered;
         self.lost += other.lost;
         self.publish_failed += other.publish_failed;
         self.in_flight += other.in_flight;
@@ -129,7 +134,12 @@ impl Counts {
     }
 
     pub fn invariant_holds(&self) -> bool {
-        self.sent == self.delivered + self.lost + self.publish_failed + self.in_flight
+        self.sent
+            == self.delivered
+                + self.dead_lettered
+                + self.lost
+                + self.publish_failed
+                + self.in_flight
     }
 
     pub fn failed(&self, kind: FailureKind) -> u64 {
@@ -140,7 +150,12 @@ impl Counts {
 /// How a sent canary resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolution {
-    Delivered { latency: Duration },
+    Delivered {
+        latency: Duration,
+    },
+    /// Caught at the dead-letter queue: the pipeline rejected it. Bad for
+    /// both SLIs, like a loss, but not silent: the pipeline said so.
+    DeadLettered,
     Lost,
     PublishFailed(FailureKind),
 }

@@ -351,7 +351,20 @@ impl Runtime {
             .catch(&pc.catch, sink, &ctx)
             .await
             .inspect_err(|_| stop.cancel())?;
-        probe.attach(inject, catch);
+        let dead_letter = match &pc.dead_letter {
+            Some(dl) => {
+                let sink: Arc<dyn CatchSink> =
+                    Arc::new(crate::probe::DeadLetters(Arc::clone(&probe)));
+                Some(
+                    connections
+                        .catch(dl, sink, &ctx)
+                        .await
+                        .inspect_err(|_| stop.cancel())?,
+                )
+            }
+            None => None,
+        };
+        probe.attach(inject, catch, dead_letter);
         // Spread probes over their interval so they do not all send at once.
         let phase = pc.interval * index as u32 / of.max(1) as u32;
         let inject_stop = self.inject_stop.child_token();
@@ -501,12 +514,16 @@ impl Runtime {
     }
 }
 
-/// The probes' inject and catch settings, for the connections they use.
+/// The probes' inject and catch settings, for the connections they use
+/// (a dead-letter catch point pairs with its probe's inject again).
 fn ends(config: &Config) -> Vec<(&InjectConfig, &CatchConfig)> {
     config
         .probes
         .iter()
-        .map(|p| (&p.inject, &p.catch))
+        .flat_map(|p| {
+            std::iter::once((&p.inject, &p.catch))
+                .chain(p.dead_letter.iter().map(move |d| (&p.inject, d)))
+        })
         .collect()
 }
 

@@ -53,6 +53,7 @@ async fn relay_faults<T: Target>() {
         duplicate: [8, 40, 77].into(),
         swap: [(20, 21), (60, 61), (150, 151)].into(),
         delay: Some(delay_of),
+        ..Plan::default()
     };
     let relay = t.relay("relay-in", "relay-out", "relayed", plan).await;
     let config = conf(&t, port)
@@ -107,6 +108,61 @@ async fn relay_faults<T: Target>() {
         .state(Instant::now(), watched.probe.lanes().len());
     assert_eq!(slo.totals.events, COUNT, "{:?}", slo.totals);
     assert_eq!(slo.totals.delivery_good, COUNT - 4, "{:?}", slo.totals);
+}
+
+/// A pipeline with a dead-letter queue: the relay routes known canaries to
+/// it instead of the output, and one to both; a second catch point on the
+/// DLQ resolves the first kind as dead-lettered (exactly), the other as a
+/// duplicate after its delivery; nothing is lost.
+async fn dead_letters<T: Target>() {
+    let port = free_port();
+    let t = T::start(port).await;
+    t.prepare(&["dl-in", "dl-out", "dl-dlq"]).await;
+    let plan = Plan {
+        dead_letter: [3, 10, 42, 43, 77].into(),
+        dead_letter_after: [20].into(),
+        dlq: Some("dl-dlq".into()),
+        ..Plan::default()
+    };
+    let relay = t.relay("dl-in", "dl-out", "rejecting", plan).await;
+    let config = conf(&t, port)
+        .probe(format!(
+            "{{name: rejecting, interval: 20ms, deadline: 3s, inject: {}, catch: {{{}, dead_letter: {}}}, slo: {{delivery: {{objective: 99%}}}}}}",
+            t.inject("dl-in"),
+            t.catch("dl-out")
+                .strip_prefix('{')
+                .and_then(|c| c.strip_suffix('}'))
+                .expect("a flow mapping"),
+            t.catch("dl-dlq")
+        ))
+        .build();
+    const N: u64 = 100;
+    let mut rt = support::start_counted(&config, N).await;
+    rt.injection_done().await;
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    let w = &rt.probes()[0];
+    let c = w.probe.counts();
+    assert!(c.invariant_holds(), "{c:?}");
+    assert_eq!(
+        (
+            c.sent,
+            c.delivered,
+            c.dead_lettered,
+            c.lost,
+            c.publish_failed
+        ),
+        (N, N - 5, 5, 0, 0),
+        "{c:?}"
+    );
+    assert_eq!(
+        c.duplicate, 1,
+        "seq 20 reached the output, then the DLQ: {c:?}"
+    );
+    // Bad for the SLI, like a loss.
+    let slo = w.slo.as_ref().unwrap().state(Instant::now(), 1);
+    assert_eq!((slo.totals.events, slo.totals.delivery_good), (N, N - 5));
+    rt.shutdown().await;
+    relay.abort();
 }
 
 async fn restart<T: Target>() {
@@ -342,10 +398,10 @@ macro_rules! suite {
 }
 
 suite! {
-    nats: Nats => [relay_faults, restart, down_at_start, garbage];
-    jetstream: JetStream => [relay_faults, restart, down_at_start, garbage];
-    amqp: Rabbit => [relay_faults, restart, down_at_start, garbage];
-    kafka: Kafka => [relay_faults, restart, down_at_start, garbage];
+    nats: Nats => [relay_faults, restart, down_at_start, garbage, dead_letters];
+    jetstream: JetStream => [relay_faults, restart, down_at_start, garbage, dead_letters];
+    amqp: Rabbit => [relay_faults, restart, down_at_start, garbage, dead_letters];
+    kafka: Kafka => [relay_faults, restart, down_at_start, garbage, dead_letters];
     http: Webhook => [relay_faults, restart, down_at_start, garbage];
 }
 
@@ -613,4 +669,114 @@ async fn jetstream_missing_streams_are_unreachable() {
             Ok(_) => panic!("started with {inject} / {catch}"),
         }
     }
+}
+
+/// RabbitMQ's own dead-lettering: the work queue has a dead-letter
+/// exchange, and the service consuming it rejects every third canary (no
+/// requeue); the rest it passes on. The probe catches the output queue and,
+/// on `dead_letter`, the DLX's queue: exactly a third is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_rejected_canaries_are_dead_lettered_exactly() {
+    use futures::StreamExt;
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicRejectOptions, ConfirmSelectOptions,
+        ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    };
+    use lapin::types::{AMQPValue, FieldTable};
+    let port = free_port();
+    let t = Rabbit::start(port).await;
+    t.prepare(&["done"]).await;
+    let ch = t.channel().await;
+    ch.exchange_declare(
+        "dlx".into(),
+        lapin::ExchangeKind::Topic,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare(
+        "work.dead".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        "work.dead".into(),
+        "dlx".into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("dlx".into()),
+    );
+    ch.queue_declare("work".into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    ch.queue_bind(
+        "work".into(),
+        support::targets::RABBIT_EXCHANGE.into(),
+        "work".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+
+    // The service: rejects seq % 3 == 2, passes the rest on to `done`.
+    let service = t.channel().await;
+    let out = t.channel().await;
+    out.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut work = service
+        .basic_consume(
+            "work".into(),
+            "service".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let signer = Signer::new(KEY.as_bytes());
+    let svc = tokio::spawn(async move {
+        while let Some(Ok(d)) = work.next().await {
+            let token = chirp::canary::scan(&d.data)
+                .expect("a token in the body")
+                .to_owned();
+            let seq = signer.decode(&token).unwrap().seq;
+            if seq % 3 == 2 {
+                d.reject(BasicRejectOptions { requeue: false })
+                    .await
+                    .unwrap();
+            } else {
+                support::targets::rabbit_publish(&out, "done", Some(&token), &d.data).await;
+                d.ack(BasicAckOptions::default()).await.unwrap();
+            }
+        }
+    });
+    let config = conf(&t, port)
+        .probe(format!(
+            "{{name: strict, interval: 20ms, deadline: 3s, inject: {}, catch: {{amqp: {{connection: main, queue: done}}, dead_letter: {{amqp: {{connection: main, queue: work.dead}}}}}}}}",
+            t.inject("work"),
+        ))
+        .build();
+    let mut rt = support::start_counted(&config, 60).await;
+    rt.injection_done().await;
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    let c = rt.probes()[0].probe.counts();
+    assert!(c.invariant_holds(), "{c:?}");
+    assert_eq!(
+        (c.sent, c.delivered, c.dead_lettered, c.lost, c.duplicate),
+        (60, 40, 20, 0, 0),
+        "{c:?}"
+    );
+    rt.shutdown().await;
+    svc.abort();
 }

@@ -69,6 +69,9 @@ pub struct ProbeConfig {
     pub publish_timeout: Duration,
     pub inject: InjectConfig,
     pub catch: CatchConfig,
+    /// A second catch point on the pipeline's dead-letter queue or topic:
+    /// a canary caught there resolves as dead-lettered.
+    pub dead_letter: Option<CatchConfig>,
     pub payload: Payload,
     pub slo: Slo,
 }
@@ -315,7 +318,7 @@ struct RawProbe {
     #[serde(default, deserialize_with = "de::opt_duration")]
     publish_timeout: Option<Duration>,
     inject: InjectConfig,
-    catch: CatchConfig,
+    catch: crate::transport::CatchSpec,
     payload: Option<RawPayload>,
     slo: Option<RawSlo>,
 }
@@ -544,8 +547,13 @@ fn probe(
         );
     }
     raw.inject.validate(&at("inject"), connections, p);
-    raw.catch.validate(&at("catch"), connections, p);
-    crate::transport::check_ends(&raw.inject, &raw.catch, path, p);
+    raw.catch.catch.validate(&at("catch"), connections, p);
+    crate::transport::check_ends(&raw.inject, &raw.catch.catch, path, p);
+    if let Some(dl) = &raw.catch.dead_letter {
+        let dl_path = at("catch.dead_letter");
+        dl.validate(&dl_path, connections, p);
+        crate::transport::check_dead_letter(dl, &raw.catch.catch, &dl_path, p);
+    }
 
     let dp = defaults.payload.clone().unwrap_or_default();
     let rp = raw.payload.unwrap_or_default();
@@ -593,7 +601,8 @@ fn probe(
         deadline,
         publish_timeout,
         inject: raw.inject,
-        catch: raw.catch,
+        catch: raw.catch.catch,
+        dead_letter: raw.catch.dead_letter,
         payload,
         slo,
     }

@@ -179,7 +179,7 @@ probes:
     catch: {http: {}}
   - name: b
     inject: {http: {url: /hooks/b}}
-    catch: {amqp: {}}
+    catch: {sqs: {}}
   - name: c
     deadline: 1s
     inject: {http: {url: /hooks/c}}
@@ -197,8 +197,8 @@ probes:
     let e = errors(text);
     let joined = e.join("\n");
     for want in [
-        "probes[0].inject: unknown transport `natz` (one of: nats, jetstream, http, kafka); did you mean `nats`?",
-        "probes[1].catch: transport `amqp` is not supported yet (supported: nats, jetstream, http, kafka)",
+        "probes[0].inject: unknown transport `natz` (one of: nats, jetstream, http, kafka, amqp); did you mean `nats`?",
+        "probes[1].catch: transport `sqs` is not supported yet (supported: nats, jetstream, http, kafka, amqp)",
         "probes[2].slo.latency.objective: objective `100%` must be strictly between",
         "probes[3].slo.slice: 7m must be a whole number of seconds that divides a day",
         "probes[4].inject: name exactly one transport",
@@ -537,4 +537,48 @@ fn the_environment_is_plain_text() {
     )
     .unwrap();
     assert_eq!(ok.environment, "eu-west prod.2");
+}
+
+#[test]
+fn a_dead_letter_catch_point_is_a_second_transport_beside_the_catch() {
+    let text = r#"signing_key: ${KEY}
+connections:
+  n: {nats: {url: "nats://127.0.0.1:4222"}}
+probes:
+  - name: a
+    inject: {nats: {connection: n, subject: in}}
+    catch: {nats: {connection: n, subject: out}, dead_letter: {nats: {connection: n, subject: dlq}}}
+  - name: b
+    inject: {nats: {connection: n, subject: in}}
+    catch: {nats: {connection: n, subject: out}, dead_letter: {http: {}}}
+  - name: c
+    inject: {nats: {connection: n, subject: in}}
+    catch: {nats: {connection: n, subject: out}, dead_letter: {nats: {connection: n, subject: out}}}
+  - name: d
+    inject: {nats: {connection: n, subject: in}}
+    catch: {nats: {connection: n, subject: out}, dead_letter: {nats: {connection: m, subject: dlq}}}
+  - name: e
+    inject: {nats: {connection: n, subject: in}}
+    catch: {dead_letter: {nats: {connection: n, subject: dlq}}}
+"#;
+    let e = errors(text);
+    let joined = e.join("\n");
+    for want in [
+        "probes[1].catch.dead_letter: a dead-letter catch point is a queue, topic, subject or stream",
+        "probes[2].catch.dead_letter: the dead-letter catch point is the probe's catch point itself",
+        "probes[3].catch.dead_letter.nats.connection: no connection named `m`",
+        "probes[4].catch: name exactly one transport",
+    ] {
+        assert!(joined.contains(want), "missing {want:?} in\n{joined}");
+    }
+    assert_eq!(e.len(), 4, "{joined}");
+    let ok = text.split("  - name: b").next().unwrap();
+    let c = load_str(ok, &env()).unwrap();
+    assert_eq!(
+        c.probes[0]
+            .dead_letter
+            .as_ref()
+            .map(|d| d.end("a").description),
+        Some("NATS subject dlq (connection n)".to_owned())
+    );
 }

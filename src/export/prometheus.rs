@@ -3,7 +3,7 @@
 //! check metrics` reads) and OpenMetrics 1.0 (when the `Accept` header asks
 //! for it, as Prometheus does). Every probe is read once per scrape, so all
 //! of one probe's numbers come from one consistent snapshot and `sent =
-//! delivered + lost + publish_failed + in_flight` holds in every scrape,
+//! delivered + dead_lettered + lost + publish_failed + in_flight` holds in every scrape,
 //! whichever format carries it.
 //!
 //! One walk of the catalogue builds the families; `prometheus-client`

@@ -84,12 +84,14 @@ fn counts_are_exact_per_window_and_per_minute() {
         delivered: 57,
         lost: 2,
         publish_failed: 1,
+        dead_lettered: 0,
     };
     let minute2 = Tally {
         sent: 10,
         delivered: 10,
         lost: 0,
         publish_failed: 0,
+        dead_lettered: 0,
     };
     assert_eq!(v.minutes.len(), MINUTES);
     assert_eq!(v.minutes[MINUTES - 3].tally, minute0);

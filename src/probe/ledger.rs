@@ -1,6 +1,6 @@
 //! The ledger decides what happened to every canary of one lane of a probe.
 //! It owns the schedule's sequence numbers, resolves each sent canary to
-//! exactly one outcome (delivered, lost, publish_failed) and counts
+//! exactly one outcome (delivered, dead_lettered, lost, publish_failed) and counts
 //! observations (duplicate, late, reordered, foreign, rejected, unrelated).
 //! It is a pure state machine: every call takes `now` and appends what
 //! resolved to `events`, and it calls nobody. Memory is a fixed ring of one
@@ -17,6 +17,7 @@ use tokio::time::Instant;
 enum State {
     InFlight,
     Delivered,
+    DeadLettered,
     Lost,
     PublishFailed,
 }
@@ -120,6 +121,7 @@ impl Ledger {
         self.counts.in_flight -= 1;
         match resolution {
             Resolution::Delivered { .. } => self.counts.delivered += 1,
+            Resolution::DeadLettered => self.counts.dead_lettered += 1,
             Resolution::Lost => self.counts.lost += 1,
             Resolution::PublishFailed(kind) => {
                 self.counts.publish_failed += 1;
@@ -229,7 +231,47 @@ impl Ledger {
                 self.resolve(seq, Resolution::Delivered { latency }, now, events);
                 Arrival::Delivered { latency, reordered }
             }
-            State::Delivered => {
+            State::Delivered | State::DeadLettered => {
+                self.counts.duplicate += 1;
+                Arrival::Duplicate
+            }
+            State::Lost | State::PublishFailed => {
+                self.counts.late += 1;
+                Arrival::Late
+            }
+        }
+    }
+
+    /// One of our canaries was caught at `now` on the pipeline's
+    /// dead-letter queue. Before its deadline, and not caught before, it
+    /// resolves as dead-lettered; after a delivery (or a first
+    /// dead-lettering) it is a duplicate; after its deadline, late. It does
+    /// not count as a catch for silence: the pipeline's output saw nothing.
+    pub fn dead_lettered(&mut self, seq: u64, now: Instant, events: &mut Events) -> Arrival {
+        if seq >= self.next_seq {
+            self.counts.rejected += 1;
+            return Arrival::NeverSent;
+        }
+        let intended = self.intended(seq);
+        let deadline = self.deadline;
+        let Some(state) = self.state_mut(seq) else {
+            self.counts.late += 1;
+            return Arrival::Late;
+        };
+        match *state {
+            State::InFlight => {
+                let latency = now.saturating_duration_since(intended);
+                if latency >= deadline {
+                    *state = State::Lost;
+                    self.counts.late += 1;
+                    self.resolve(seq, Resolution::Lost, now, events);
+                    return Arrival::Late;
+                }
+                *state = State::DeadLettered;
+                self.resolve(seq, Resolution::DeadLettered, now, events);
+                Arrival::DeadLettered { latency }
+            }
+            State::Delivered | State::DeadLettered => {
                 self.counts.duplicate += 1;
                 Arrival::Duplicate
             }

@@ -63,6 +63,8 @@ pub struct Probe {
     ready: tokio::sync::watch::Sender<bool>,
     inject: OnceLock<Arc<dyn Inject>>,
     catch: OnceLock<Arc<dyn CatchHandle>>,
+    /// The catch point on the pipeline's dead-letter queue, if any.
+    dead_letter: OnceLock<Arc<dyn CatchHandle>>,
     /// Publish confirmations run here, so shutdown can wait for them.
     tasks: TaskTracker,
     last_failure: Mutex<Option<PublishFailure>>,
@@ -97,6 +99,7 @@ impl Probe {
             ready: tokio::sync::watch::Sender::new(false),
             inject: OnceLock::new(),
             catch: OnceLock::new(),
+            dead_letter: OnceLock::new(),
             tasks,
             last_failure: Mutex::new(None),
         };
@@ -174,14 +177,25 @@ impl Probe {
     }
 
     /// Records the clients this probe uses; later calls are ignored.
-    pub fn attach(&self, inject: Arc<dyn Inject>, catch: Arc<dyn CatchHandle>) {
+    pub fn attach(
+        &self,
+        inject: Arc<dyn Inject>,
+        catch: Arc<dyn CatchHandle>,
+        dead_letter: Option<Arc<dyn CatchHandle>>,
+    ) {
         let _ = self.inject.set(inject);
         let _ = self.catch.set(catch);
+        if let Some(d) = dead_letter {
+            let _ = self.dead_letter.set(d);
+        }
     }
 
-    /// Whether the probe's inject and catch clients are connected.
+    /// Whether the probe's inject and catch clients (the dead-letter
+    /// catch's too) are connected.
     pub fn is_up(&self) -> bool {
-        self.inject.get().is_some_and(|i| i.is_up()) && self.catch.get().is_some_and(|c| c.is_up())
+        self.inject.get().is_some_and(|i| i.is_up())
+            && self.catch.get().is_some_and(|c| c.is_up())
+            && self.dead_letter.get().is_none_or(|c| c.is_up())
     }
 
     /// The last publish failure, if any.
@@ -295,7 +309,17 @@ impl Probe {
         // first canaries are not missed by a subscription on its way; but an
         // unreachable broker must not keep the schedule from starting: its
         // slots show as publish failures, never as silence.
-        match tokio::time::timeout(READY_WAIT, catch.ready(&stop)).await {
+        let dead_letter = self.dead_letter.get().cloned();
+        let ready = async {
+            if !catch.ready(&stop).await {
+                return false;
+            }
+            match &dead_letter {
+                Some(d) => d.ready(&stop).await,
+                None => true,
+            }
+        };
+        match tokio::time::timeout(READY_WAIT, ready).await {
             Ok(true) => {}
             Ok(false) => return,
             Err(_) => tracing::warn!(
@@ -493,6 +517,35 @@ impl CatchSink for Probe {
     /// Finds the token (header, JSON pointer, body scan), checks it, and
     /// records the catch on its lane.
     fn on_message(&self, msg: Caught<'_>) -> Verdict {
+        self.arrived(msg, false)
+    }
+
+    fn on_stray(&self, kind: Stray) {
+        self.stray(kind);
+    }
+}
+
+/// A probe's catch point on the pipeline's dead-letter queue: what arrives
+/// there resolves as dead-lettered (see `Ledger::dead_lettered`).
+pub struct DeadLetters(pub Arc<Probe>);
+
+impl CatchSink for DeadLetters {
+    fn name(&self) -> &str {
+        &self.0.config.name
+    }
+
+    fn on_message(&self, msg: Caught<'_>) -> Verdict {
+        self.0.arrived(msg, true)
+    }
+
+    fn on_stray(&self, kind: Stray) {
+        self.0.stray(kind);
+    }
+}
+
+impl Probe {
+    /// A message at the catch point, or at the dead-letter queue.
+    fn arrived(&self, msg: Caught<'_>, dead_letter: bool) -> Verdict {
         let pointer = self.config.payload.token_pointer.as_deref();
         let Some(text) = canary::find(msg.token, msg.body, pointer) else {
             self.stray(Stray::Unrelated);
@@ -516,9 +569,14 @@ impl CatchSink for Probe {
             return Verdict::Arrival(Arrival::NeverSent);
         };
         let mut resolved = Events::new();
-        let arrival = lane.ledger().caught(token.seq, msg.at, &mut resolved);
+        let arrival = if dead_letter {
+            lane.ledger()
+                .dead_lettered(token.seq, msg.at, &mut resolved)
+        } else {
+            lane.ledger().caught(token.seq, msg.at, &mut resolved)
+        };
         match arrival {
-            Arrival::Delivered { .. } => {}
+            Arrival::Delivered { .. } | Arrival::DeadLettered { .. } => {}
             Arrival::NeverSent => {
                 tracing::warn!(probe = %self.name(), seq = token.seq, "Caught a validly signed canary this run never sent; is the signing key shared?");
                 return Verdict::Arrival(arrival);
@@ -537,10 +595,6 @@ impl CatchSink for Probe {
         events.append(&mut resolved);
         self.tell(lane.id, &events);
         Verdict::Arrival(arrival)
-    }
-
-    fn on_stray(&self, kind: Stray) {
-        self.stray(kind);
     }
 }
 

@@ -59,7 +59,11 @@ async fn partitions_found_while_waiting_for_them_get_lanes() {
         Vec::new(),
         TaskTracker::new(),
     ));
-    probe.attach(Arc::clone(&inject) as Arc<dyn Inject>, Arc::new(Listening));
+    probe.attach(
+        Arc::clone(&inject) as Arc<dyn Inject>,
+        Arc::new(Listening),
+        None,
+    );
     let (stop, abort) = (CancellationToken::new(), CancellationToken::new());
     let run = tokio::spawn(Arc::clone(&probe).inject_loop(
         stop.clone(),
@@ -149,7 +153,11 @@ async fn budget_remaining_is_the_share_of_the_canary_allowance_not_spent() {
         TaskTracker::new(),
     ));
     inject.probe.set(Arc::downgrade(&probe)).unwrap();
-    probe.attach(Arc::clone(&inject) as Arc<dyn Inject>, Arc::new(Listening));
+    probe.attach(
+        Arc::clone(&inject) as Arc<dyn Inject>,
+        Arc::new(Listening),
+        None,
+    );
     let (stop, abort) = (CancellationToken::new(), CancellationToken::new());
     let run = tokio::spawn(Arc::clone(&probe).inject_loop(
         stop,

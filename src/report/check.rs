@@ -35,7 +35,7 @@ pub fn evaluate(r: &ProbeReport, gates: &Gates) -> Vec<Objective> {
     let mut out = Vec::new();
     let c = &r.counts;
     if let Some(max) = gates.max_loss_percent {
-        let bad = c.lost + c.publish_failed;
+        let bad = c.lost + c.publish_failed + c.dead_lettered;
         let loss = if c.sent == 0 {
             100.0
         } else {
@@ -104,7 +104,7 @@ pub fn describe(r: &ProbeReport, o: &Objective) -> String {
                 .unwrap_or_else(|| "the threshold".into())
         ),
         "delivery_slo" => "share of canaries delivered before the deadline".into(),
-        "max_loss" => "share of canaries lost or refused".into(),
+        "max_loss" => "share of canaries lost, refused or dead-lettered".into(),
         "max_p99" if o.resolvable == Some(false) => format!(
             "end-to-end p99 latency, not resolvable: {} delivered canaries cannot resolve a p99 (it needs {}), so this is their maximum",
             r.latency.cumulative.count,

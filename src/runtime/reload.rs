@@ -114,6 +114,7 @@ impl Runtime {
                 pc.catch.end(&pc.name).connection,
             ]
             .into_iter()
+            .chain(pc.dead_letter.iter().map(|d| d.end(&pc.name).connection))
             .flatten()
             .any(|c| names.contains(&c))
         };

@@ -201,9 +201,10 @@ fn loss_cell(t: &Tally, span: &str) -> Cell {
             report::thousands(t.resolved())
         ),
         title: format!(
-            "{} lost and {} refused by the producer, of {} resolved in the {span}",
+            "{} lost, {} refused by the producer and {} dead-lettered by the pipeline, of {} resolved in the {span}",
             report::thousands(t.lost),
             report::thousands(t.publish_failed),
+            report::thousands(t.dead_lettered),
             report::thousands(t.resolved())
         ),
         bad: t.failed() > 0,
@@ -320,7 +321,7 @@ fn spark(minutes: &[MinuteView], threshold: Option<Duration>) -> Spark {
                     y: format!("{:.1}", h - bar),
                     height: format!("{bar:.1}"),
                     title: format!(
-                        "{}: {} of {} lost or refused ({})",
+                        "{}: {} of {} lost, refused or dead-lettered ({})",
                         minute_label(m, i + 1 == minutes.len()),
                         report::thousands(t.failed()),
                         report::thousands(t.resolved()),
@@ -459,6 +460,7 @@ fn totals_row(name: String, partition: bool, c: &Counts, latency: &Summary) -> T
         numbers: vec![
             n(c.sent),
             n(c.delivered),
+            n(c.dead_lettered),
             n(c.lost),
             n(c.publish_failed),
             n(c.in_flight),

@@ -422,7 +422,9 @@ impl Observer for SloObserver {
             if let LedgerEvent::Resolved { resolution, at, .. } = e {
                 let outcome = match resolution {
                     Resolution::Delivered { latency } => Resolved::Delivered(*latency),
-                    Resolution::Lost | Resolution::PublishFailed(_) => Resolved::Failed,
+                    Resolution::Lost | Resolution::PublishFailed(_) | Resolution::DeadLettered => {
+                        Resolved::Failed
+                    }
                 };
                 t.record(*at, outcome);
             }

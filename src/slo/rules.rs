@@ -227,7 +227,7 @@ pub fn render(config: &Config) -> String {
                             period_label(p.slo.period.as_secs())
                         )),
                         ("runbook", format!(
-                            "Canaries go in at {inject} and come out at {catch}. Check chirp_canaries_lost_total and chirp_canaries_publish_failed_total{{kind}} for probe {} (publish_failed: the inject point refuses; lost: the pipeline between them drops or stalls; late: it is slow), chirp_latency_seconds for the latency SLI, chirp_probe_up, and chirp's /api/probes for per-partition rows.",
+                            "Canaries go in at {inject} and come out at {catch}. Check chirp_canaries_lost_total, chirp_canaries_dead_lettered_total and chirp_canaries_publish_failed_total{{kind}} for probe {} (publish_failed: the inject point refuses; dead_lettered: the pipeline rejected the canary to its dead-letter queue; lost: the pipeline between them drops or stalls; late: it is slow), chirp_latency_seconds for the latency SLI, chirp_probe_up, and chirp's /api/probes for per-partition rows.",
                             p.name
                         )),
                     ],

@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Transports chirp will have but does not have yet.
-const PLANNED: [&str; 1] = ["mqtt"];
+const PLANNED: [&str; 4] = ["mqtt", "pubsub", "sqs", "redis"];
 
 const ONE_TRANSPORT: &str =
     "name exactly one transport, e.g. `nats: {connection: main, subject: orders.in}`";
@@ -67,10 +67,7 @@ macro_rules! one_transport {
                         let Some(key) = map.next_key::<String>()? else {
                             return Err(A::Error::custom(ONE_TRANSPORT));
                         };
-                        let value = match key.as_str() {
-                            $($name => $ty::$variant(map.next_value::<$inner>()?),)*
-                            other => return Err(unknown_transport(other, &[$($name),*])),
-                        };
+                        let value = $ty::from_key(&key, &mut map)?;
                         if map.next_key::<String>()?.is_some() {
                             return Err(A::Error::custom(ONE_TRANSPORT));
                         }
@@ -80,7 +77,53 @@ macro_rules! one_transport {
                 d.deserialize_map(V)
             }
         }
+
+        impl $ty {
+            /// The value of transport key `key`, read from `map`.
+            fn from_key<'de, A: serde::de::MapAccess<'de>>(key: &str, map: &mut A) -> Result<Self, A::Error> {
+                Ok(match key {
+                    $($name => $ty::$variant(map.next_value::<$inner>()?),)*
+                    other => return Err(unknown_transport(other, &[$($name),*])),
+                })
+            }
+        }
     };
+}
+
+/// A probe's `catch`: one transport, and optionally `dead_letter`, a second
+/// catch point on the pipeline's dead-letter queue or topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatchSpec {
+    pub catch: CatchConfig,
+    pub dead_letter: Option<CatchConfig>,
+}
+
+impl<'de> Deserialize<'de> for CatchSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, MapAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CatchSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping naming one transport, e.g. `nats: {...}`, and optionally `dead_letter`")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CatchSpec, A::Error> {
+                let (mut catch, mut dead_letter) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "dead_letter" {
+                        dead_letter = Some(map.next_value::<CatchConfig>()?);
+                    } else if catch.is_some() {
+                        return Err(A::Error::custom(ONE_TRANSPORT));
+                    } else {
+                        catch = Some(CatchConfig::from_key(&key, &mut map)?);
+                    }
+                }
+                let catch = catch.ok_or_else(|| A::Error::custom(ONE_TRANSPORT))?;
+                Ok(CatchSpec { catch, dead_letter })
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// A named broker client (`connections:`), shared by the probes that name it.
@@ -239,6 +282,21 @@ impl CatchConfig {
     /// Whether this catch is chirp's own webhook receiver.
     pub fn needs_listener(&self) -> bool {
         matches!(self, CatchConfig::Http(_))
+    }
+}
+
+/// Checks a probe's dead-letter catch point.
+pub fn check_dead_letter(dl: &CatchConfig, catch: &CatchConfig, path: &str, p: &mut Problems) {
+    if matches!(dl, CatchConfig::Http(_)) {
+        p.add(
+            path,
+            "a dead-letter catch point is a queue, topic, subject or stream: chirp's webhook receiver is the probe's own catch",
+        );
+    } else if dl == catch {
+        p.add(
+            path,
+            "the dead-letter catch point is the probe's catch point itself; name the pipeline's dead-letter queue or topic",
+        );
     }
 }
 

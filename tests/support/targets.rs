@@ -24,6 +24,13 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone, Default)]
 pub struct Plan {
     pub drop: HashSet<u64>,
+    /// Sent to the dead-letter destination `dlq` instead of on.
+    pub dead_letter: HashSet<u64>,
+    /// Sent on, and to `dlq` as well 50 canaries later (after the
+    /// delivery was surely recorded).
+    pub dead_letter_after: HashSet<u64>,
+    /// The dead-letter destination (a subject, topic or queue).
+    pub dlq: Option<String>,
     pub duplicate: HashSet<u64>,
     /// first → second: `first` is held and forwarded right after `second`.
     pub swap: HashMap<u64, u64>,
@@ -36,6 +43,8 @@ pub struct Plan {
 pub struct Msg {
     pub token: Option<String>,
     pub body: Vec<u8>,
+    /// Where it goes instead of the relay's destination (the plan's `dlq`).
+    pub to: Option<String>,
 }
 
 /// Decides, for each message read, what to forward and when. Messages
@@ -45,6 +54,8 @@ pub struct Relay {
     plan: Plan,
     signer: Signer,
     held: HashMap<u64, Msg>,
+    /// Dead-letter copies waiting for their turn.
+    dead_later: HashMap<u64, Msg>,
     seconds: HashMap<u64, u64>,
     last_due: tokio::time::Instant,
 }
@@ -56,6 +67,7 @@ impl Relay {
             plan,
             signer: Signer::new(KEY.as_bytes()),
             held: HashMap::new(),
+            dead_later: HashMap::new(),
             seconds,
             last_due: tokio::time::Instant::now(),
         }
@@ -80,11 +92,34 @@ impl Relay {
         if self.plan.drop.contains(&seq) {
             return (Vec::new(), delay);
         }
+        let dlq = self.plan.dlq.clone();
+        let dead = |m: &Msg| Msg {
+            to: Some(dlq.clone().expect("a plan that dead-letters names its dlq")),
+            ..m.clone()
+        };
+        if self.plan.dead_letter.contains(&seq) {
+            return (vec![dead(&msg)], delay);
+        }
+        let mut later: Vec<Msg> = Vec::new();
+        let due: Vec<u64> = self
+            .dead_later
+            .keys()
+            .filter(|s| seq >= **s + 50)
+            .copied()
+            .collect();
+        for s in due {
+            later.extend(self.dead_later.remove(&s));
+        }
+        if self.plan.dead_letter_after.contains(&seq) {
+            let d = dead(&msg);
+            self.dead_later.insert(seq, d);
+        }
         if self.plan.swap.contains_key(&seq) {
             self.held.insert(seq, msg);
             return (Vec::new(), delay);
         }
         let mut out = vec![msg.clone()];
+        out.append(&mut later);
         if self.plan.duplicate.contains(&seq) {
             out.push(msg);
         }
@@ -211,7 +246,7 @@ impl Target for Nats {
         let to = to.to_owned();
         let c = client.clone();
         let queue = forwarder(move |m: Msg| {
-            let (c, to) = (c.clone(), to.clone());
+            let (c, to) = (c.clone(), m.to.clone().unwrap_or_else(|| to.clone()));
             async move { nats_publish(&c, &to, m.token.as_deref(), m.body).await }
         });
         tokio::spawn(async move {
@@ -223,6 +258,7 @@ impl Target for Nats {
                     .and_then(|h| h.get(HEADER))
                     .map(|v| v.to_string());
                 let _ = queue.send(relay.on(Msg {
+                    to: None,
                     token,
                     body: m.payload.to_vec(),
                 }));
@@ -362,7 +398,7 @@ impl Target for JetStream {
         let js = async_nats::jetstream::new(client.clone());
         let to = to.to_owned();
         let queue = forwarder(move |m: Msg| {
-            let (js, to) = (js.clone(), to.clone());
+            let (js, to) = (js.clone(), m.to.clone().unwrap_or_else(|| to.clone()));
             async move {
                 let mut h = async_nats::HeaderMap::new();
                 if let Some(t) = &m.token {
@@ -384,6 +420,7 @@ impl Target for JetStream {
                     .and_then(|h| h.get(HEADER))
                     .map(|v| v.to_string());
                 let _ = queue.send(relay.on(Msg {
+                    to: None,
                     token,
                     body: m.payload.to_vec(),
                 }));
@@ -570,7 +607,7 @@ impl Target for Rabbit {
             .expect("confirms");
         let to = to.to_owned();
         let queue = forwarder(move |m: Msg| {
-            let (out, to) = (out.clone(), to.clone());
+            let (out, to) = (out.clone(), m.to.clone().unwrap_or_else(|| to.clone()));
             async move { rabbit_publish(&out, &to, m.token.as_deref(), &m.body).await }
         });
         tokio::spawn(async move {
@@ -588,6 +625,7 @@ impl Target for Rabbit {
                         _ => None,
                     });
                 let _ = queue.send(relay.on(Msg {
+                    to: None,
                     token,
                     body: d.data,
                 }));
@@ -714,7 +752,7 @@ impl Target for Kafka {
         let producer = self.producer();
         let to = to.to_owned();
         let queue = forwarder(move |m: Msg| {
-            let (p, to) = (producer.clone(), to.clone());
+            let (p, to) = (producer.clone(), m.to.clone().unwrap_or_else(|| to.clone()));
             async move { kafka_produce(&p, &to, m.token.as_deref(), &m.body).await }
         });
         tokio::spawn(async move {
@@ -726,6 +764,7 @@ impl Target for Kafka {
                     .and_then(|h| h.iter().find(|h| h.key == HEADER).and_then(|h| h.value))
                     .map(|v| String::from_utf8_lossy(v).into_owned());
                 let _ = queue.send(relay.on(Msg {
+                    to: None,
                     token,
                     body: m.payload().unwrap_or_default().to_vec(),
                 }));
@@ -817,6 +856,7 @@ impl Webhook {
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
                     let _ = queue.send(relay.lock().unwrap().on(Msg {
+                        to: None,
                         token,
                         body: body.to_vec(),
                     }));

@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime};
 #[derive(Debug, Clone, Copy)]
 pub enum End {
     Delivered,
+    DeadLettered,
     Lost {
         deadline: Duration,
     },
@@ -112,6 +113,12 @@ impl CanaryTracer {
     pub fn end(mut span: Span, end: End, at: SystemTime) {
         match end {
             End::Delivered => span.set_attribute(KeyValue::new("chirp.outcome", "delivered")),
+            End::DeadLettered => {
+                span.set_attribute(KeyValue::new("chirp.outcome", "dead_lettered"));
+                span.set_status(Status::error(
+                    "canary dead-lettered: the pipeline rejected it",
+                ));
+            }
             End::Lost { deadline } => {
                 span.set_attribute(KeyValue::new("chirp.outcome", "lost"));
                 span.set_status(Status::error(format!(
@@ -163,6 +170,10 @@ impl CanaryTracer {
             Arrival::Delivered { latency, .. } => {
                 attrs.push(KeyValue::new("chirp.latency", latency.as_secs_f64()));
                 "delivered"
+            }
+            Arrival::DeadLettered { latency } => {
+                attrs.push(KeyValue::new("chirp.latency", latency.as_secs_f64()));
+                "dead_lettered"
             }
             Arrival::Duplicate => "duplicate",
             Arrival::Late => "late",
@@ -275,6 +286,7 @@ impl Observer for TraceObserver {
                     };
                     let (end, when) = match resolution {
                         Resolution::Delivered { .. } => (End::Delivered, *at),
+                        Resolution::DeadLettered => (End::DeadLettered, *at),
                         Resolution::Lost => (
                             End::Lost {
                                 deadline: self.deadline,

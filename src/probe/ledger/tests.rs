@@ -348,3 +348,78 @@ async fn a_successor_takes_over_every_count_and_keeps_the_invariant() {
     assert_eq!((c.sent, c.in_flight), (0, 0));
     assert!(c.invariant_holds());
 }
+
+/// A canary caught on the dead-letter queue before its deadline resolves
+/// as dead-lettered (once); caught there after a delivery it is a
+/// duplicate, after its deadline late; caught at the output after being
+/// dead-lettered, a duplicate. The invariant holds throughout, and a DLQ
+/// catch is no catch for silence.
+#[tokio::test(start_paused = true)]
+async fn dead_lettered_canaries_resolve_once_and_keep_the_invariant() {
+    let mut l = ledger();
+    let start = l.last_caught();
+    let s = send_n(&mut l, 5).await;
+    let mut ev = Vec::new();
+    // s0: dead-lettered, then caught at the output and on the DLQ again.
+    let got = l.dead_lettered(s[0], Instant::now(), &mut ev);
+    assert!(matches!(got, Arrival::DeadLettered { .. }), "{got:?}");
+    assert_eq!(l.caught(s[0], Instant::now(), &mut ev), Arrival::Duplicate);
+    assert_eq!(
+        l.dead_lettered(s[0], Instant::now(), &mut ev),
+        Arrival::Duplicate
+    );
+    assert_eq!(
+        l.last_caught(),
+        start + 400 * MS,
+        "the output catch of s0 counts"
+    );
+    // s1: delivered, then dead-lettered too (a pipeline that does both).
+    assert!(matches!(
+        l.caught(s[1], Instant::now(), &mut ev),
+        Arrival::Delivered { .. }
+    ));
+    assert_eq!(
+        l.dead_lettered(s[1], Instant::now(), &mut ev),
+        Arrival::Duplicate
+    );
+    // s2: on the DLQ only: not a catch for silence.
+    let before = l.last_caught();
+    advance(10 * MS).await;
+    assert!(matches!(
+        l.dead_lettered(s[2], Instant::now(), &mut ev),
+        Arrival::DeadLettered { .. }
+    ));
+    assert_eq!(l.last_caught(), before);
+    // s3: past its deadline when the DLQ sees it: lost, and late.
+    advance(1000 * MS).await;
+    assert_eq!(
+        l.dead_lettered(s[3], Instant::now(), &mut ev),
+        Arrival::Late
+    );
+    // A sequence never sent.
+    assert_eq!(
+        l.dead_lettered(99, Instant::now(), &mut ev),
+        Arrival::NeverSent
+    );
+    l.expire(Instant::now(), &mut ev);
+    let c = l.counts();
+    assert!(c.invariant_holds(), "{c:?}");
+    assert_eq!(
+        (c.sent, c.delivered, c.dead_lettered, c.lost, c.in_flight),
+        (5, 1, 2, 2, 0),
+        "{c:?}"
+    );
+    assert_eq!((c.duplicate, c.late, c.rejected), (3, 1, 1), "{c:?}");
+    let dead: Vec<u64> = ev
+        .iter()
+        .filter_map(|e| match e {
+            LedgerEvent::Resolved {
+                seq,
+                resolution: Resolution::DeadLettered,
+                ..
+            } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dead, [s[0], s[2]]);
+}

@@ -185,13 +185,13 @@ pub fn assess(f: &Facts) -> (State, String) {
             ),
         );
     }
-    if f.counts.delivered + f.counts.lost + f.counts.publish_failed == 0 {
+    if f.counts.delivered + f.counts.dead_lettered + f.counts.lost + f.counts.publish_failed == 0 {
         return (State::NoData, "no canary has resolved yet".into());
     }
     let mut why = Vec::new();
     if minute.failed() > 0 {
         why.push(format!(
-            "{} of {} lost or refused in the last minute",
+            "{} of {} lost, refused or dead-lettered in the last minute",
             report::thousands(minute.failed()),
             report::thousands(minute.resolved())
         ));

@@ -10,6 +10,7 @@ fn tally(sent: u64, delivered: u64, lost: u64, publish_failed: u64) -> Tally {
         delivered,
         lost,
         publish_failed,
+        dead_lettered: 0,
     }
 }
 
@@ -162,7 +163,10 @@ fn loss_slow_p99_or_a_fast_burn_is_degraded() {
     f.history.last_minute = tally(60, 59, 1, 0);
     let (s, why) = assess(&f);
     assert_eq!(s, State::Degraded);
-    assert_eq!(why, "1 of 60 lost or refused in the last minute");
+    assert_eq!(
+        why,
+        "1 of 60 lost, refused or dead-lettered in the last minute"
+    );
 
     let mut f = healthy();
     f.p99_minute = Some(Duration::from_millis(600));
@@ -190,7 +194,7 @@ fn loss_slow_p99_or_a_fast_burn_is_degraded() {
     f.p99_minute = Some(Duration::from_secs(1));
     assert_eq!(
         assess(&f).1,
-        "2 of 60 lost or refused in the last minute; p99 1.000s over the 500ms objective"
+        "2 of 60 lost, refused or dead-lettered in the last minute; p99 1.000s over the 500ms objective"
     );
 }
 
@@ -224,7 +228,9 @@ fn the_sparkline_marks_loss_and_p99_per_minute() {
     assert_eq!(s.width, MINUTES as u32 * SPARK_STEP);
     assert_eq!(s.bars.len(), 1);
     assert_eq!(s.bars[0].x, (last as u32 - 1) * SPARK_STEP);
-    assert!(s.bars[0].title.ends_with("15 of 60 lost or refused (25 %)"));
+    assert!(s.bars[0]
+        .title
+        .ends_with("15 of 60 lost, refused or dead-lettered (25 %)"));
     // Nine minutes without loss get a tick each; the 50 without data nothing.
     assert_eq!(s.ok.matches('M').count(), 9);
     assert!(s.p99.starts_with('M') && s.p99.contains('L'), "{}", s.p99);

@@ -58,11 +58,22 @@ impl Reader {
     /// stream sequence read) when reopened, so nothing stored meanwhile is
     /// skipped; new messages only the first time.
     async fn open(&self, after: Option<u64>) -> Result<Messages, BoxError> {
-        let stream = self
-            .js
-            .get_stream(&self.cfg.stream)
-            .await
-            .map_err(|e| format!("cannot open JetStream stream `{}`: {e}", self.cfg.stream))?;
+        let stream = if self.cfg.declare {
+            self.js
+                .get_or_create_stream(async_nats::jetstream::stream::Config {
+                    name: self.cfg.stream.clone(),
+                    subjects: self.cfg.subject.iter().cloned().collect(),
+                    storage: async_nats::jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("cannot create JetStream stream `{}`: {e}", self.cfg.stream))?
+        } else {
+            self.js
+                .get_stream(&self.cfg.stream)
+                .await
+                .map_err(|e| format!("cannot open JetStream stream `{}`: {e}", self.cfg.stream))?
+        };
         Ok(match &self.cfg.consumer {
             Some(name) => {
                 let consumer = stream

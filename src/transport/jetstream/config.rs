@@ -17,6 +17,11 @@ pub struct InjectConfig {
     /// Extra headers on every canary; values are secret (they may carry credentials).
     #[serde(default)]
     pub headers: BTreeMap<String, Secret>,
+    /// With `declare: true`: the stream to create (file storage, capturing
+    /// `subject`) if it does not exist. chirp changes no stream otherwise.
+    pub stream: Option<String>,
+    #[serde(default, deserialize_with = "crate::config::de::flag")]
+    pub declare: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -33,6 +38,10 @@ pub struct CatchConfig {
     /// Without it, chirp reads with an ordered ephemeral consumer that
     /// sees only new messages and acks nothing.
     pub consumer: Option<String>,
+    /// Create the stream (file storage, capturing `subject`) if it does
+    /// not exist; chirp changes no stream otherwise.
+    #[serde(default, deserialize_with = "crate::config::de::flag")]
+    pub declare: bool,
 }
 
 /// Stream and consumer names: no whitespace, `.`, `*`, `>`, `/` or `\`.
@@ -53,6 +62,15 @@ fn check_name(name: &str, what: &str, path: &str, p: &mut Problems) {
 impl InjectConfig {
     pub fn validate(&self, path: &str, p: &mut Problems) {
         crate::transport::nats::config::check_subject(&self.subject, false, path, p);
+        if let Some(s) = &self.stream {
+            check_name(s, "stream", &format!("{path}.stream"), p);
+        }
+        if self.declare != self.stream.is_some() {
+            p.add(
+                format!("{path}.stream"),
+                "`stream` names the stream `declare: true` creates; give both or neither",
+            );
+        }
     }
 }
 
@@ -64,6 +82,18 @@ impl CatchConfig {
         }
         if let Some(c) = &self.consumer {
             check_name(c, "consumer", &format!("{path}.consumer"), p);
+        }
+        if self.declare && self.subject.is_none() {
+            p.add(
+                format!("{path}.declare"),
+                "declaring the stream needs the `subject` it captures",
+            );
+        }
+        if self.declare && self.consumer.is_some() {
+            p.add(
+                format!("{path}.declare"),
+                "chirp declares a stream, not a durable consumer: create `consumer` yourself, or leave it out",
+            );
         }
     }
 }

@@ -42,6 +42,31 @@ pub async fn build(
         .cloned()
         .ok_or_else(|| SetupError::new(what(), false, "no client for injects"))?;
     let js = super::context(client.clone(), timeout);
+    if let (true, Some(stream)) = (cfg.declare, &cfg.stream) {
+        let api = super::context(client.clone(), super::API_TIMEOUT);
+        let created = api
+            .get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: stream.clone(),
+                subjects: vec![cfg.subject.clone()],
+                storage: async_nats::jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await;
+        match created {
+            Ok(_) => {}
+            Err(e) if ctx.fail_fast => {
+                return Err(SetupError::new(
+                    format!("{}: cannot create JetStream stream `{stream}`", what()),
+                    true,
+                    e,
+                ))
+            }
+            // `run` goes on: publishes show whether the stream is there.
+            Err(e) => {
+                tracing::warn!(stream = %stream, error = %e, "Cannot create the JetStream stream yet.")
+            }
+        }
+    }
     if ctx.fail_fast {
         let lookup = super::context(client.clone(), super::API_TIMEOUT);
         lookup

@@ -1,0 +1,262 @@
+//! Benchmark: chirp next to a raw client loop on the same broker, in one
+//! run, for the transports with a broker acknowledgement: JetStream (PubAck)
+//! and RabbitMQ (publisher confirms). Same rate, message size and layout;
+//! both measure end-to-end latency from the intended slot and the publish
+//! latency (send → broker's ack). Run with
+//! `cargo bench --bench transports_baseline` (needs nats-server and
+//! rabbitmq-server). Figures only: nothing here asserts a speed.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const COUNT: u64 = 2000;
+const INTERVAL: Duration = Duration::from_millis(2);
+const SIZE: usize = 256;
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn row(name: &str, e2e: &Histogram<u64>, publish: &Histogram<u64>) {
+    println!(
+        "{name:<34} n={:<5} end-to-end p50={:>7.3}ms p99={:>7.3}ms | publish p50={:>7.3}ms p99={:>7.3}ms",
+        e2e.len(),
+        ms(e2e, 0.5),
+        ms(e2e, 0.99),
+        ms(publish, 0.5),
+        ms(publish, 0.99),
+    );
+}
+
+/// Sends COUNT payloads on chirp's schedule discipline (latency from the
+/// intended slot): `publish` returns once the broker acknowledged. The
+/// receiver side records arrival against the intended slot in the payload.
+struct Raw {
+    start: Instant,
+    e2e: Histogram<u64>,
+    publish: Histogram<u64>,
+}
+
+fn payload(start: Instant, intended: Instant) -> Vec<u8> {
+    let mut p = vec![b'x'; SIZE];
+    p[..8].copy_from_slice(&((intended - start).as_micros() as u64).to_le_bytes());
+    p
+}
+
+fn slot_of(payload: &[u8]) -> u64 {
+    u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"))
+}
+
+async fn raw_jetstream(url: &str) -> Raw {
+    let client = async_nats::connect(url).await.expect("connect");
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: "BENCH_RAW".into(),
+            subjects: vec!["bench.raw".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let start = Instant::now();
+    let collector = tokio::spawn(async move {
+        let mut e2e = Histogram::<u64>::new(3).expect("histogram");
+        while let Some(Ok(m)) = messages.next().await {
+            let now = start.elapsed().as_micros() as u64;
+            e2e.record(now.saturating_sub(slot_of(&m.payload)))
+                .expect("record");
+            if e2e.len() == COUNT {
+                break;
+            }
+        }
+        e2e
+    });
+    let mut publish = Histogram::<u64>::new(3).expect("histogram");
+    for i in 0..COUNT {
+        let intended = start + INTERVAL * i as u32;
+        tokio::time::sleep_until(intended).await;
+        let sent = Instant::now();
+        js.publish("bench.raw", payload(start, intended).into())
+            .await
+            .expect("publish")
+            .await
+            .expect("PubAck");
+        publish
+            .record(sent.elapsed().as_micros() as u64)
+            .expect("record");
+    }
+    let e2e = tokio::time::timeout(Duration::from_secs(30), collector)
+        .await
+        .expect("all back")
+        .expect("collector");
+    Raw {
+        start,
+        e2e,
+        publish,
+    }
+}
+
+async fn raw_rabbit(t: &support::targets::Rabbit) -> Raw {
+    use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+    t.declare("bench.raw").await;
+    let rx = t.channel().await;
+    let mut consumer = rx
+        .basic_consume(
+            "bench.raw".into(),
+            "raw".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .expect("consume");
+    let tx = t.channel().await;
+    tx.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let start = Instant::now();
+    let collector = tokio::spawn(async move {
+        let mut e2e = Histogram::<u64>::new(3).expect("histogram");
+        while let Some(Ok(d)) = consumer.next().await {
+            let now = start.elapsed().as_micros() as u64;
+            e2e.record(now.saturating_sub(slot_of(&d.data)))
+                .expect("record");
+            if e2e.len() == COUNT {
+                break;
+            }
+        }
+        e2e
+    });
+    let mut publish = Histogram::<u64>::new(3).expect("histogram");
+    for i in 0..COUNT {
+        let intended = start + INTERVAL * i as u32;
+        tokio::time::sleep_until(intended).await;
+        let sent = Instant::now();
+        tx.basic_publish(
+            support::targets::RABBIT_EXCHANGE.into(),
+            "bench.raw".into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &payload(start, intended),
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+        publish
+            .record(sent.elapsed().as_micros() as u64)
+            .expect("record");
+    }
+    let e2e = tokio::time::timeout(Duration::from_secs(30), collector)
+        .await
+        .expect("all back")
+        .expect("collector");
+    Raw {
+        start,
+        e2e,
+        publish,
+    }
+}
+
+/// chirp's loop through `inject`/`catch` on `connection`: its end-to-end
+/// and publish latency histograms, rebuilt from its summaries' percentiles.
+async fn chirp(connection: (&str, String), inject: &str, catch: &str, name: &str) {
+    let config = support::Conf::new()
+        .connection(connection.0, connection.1)
+        .probe(format!(
+            "{{name: bench, interval: {}ms, deadline: 10s, payload: {{size: {SIZE}}}, inject: {inject}, catch: {catch}}}",
+            INTERVAL.as_millis()
+        ))
+        .build();
+    let mut rt = support::start_counted(&config, COUNT).await;
+    rt.injection_done().await;
+    rt.drain(Duration::from_secs(15)).await;
+    let snap = rt.probes()[0].probe.snapshot(Instant::now());
+    assert!(snap.counts.invariant_holds());
+    rt.shutdown().await;
+    let (l, p, lag) = (
+        snap.latency.cumulative,
+        snap.publish_latency.cumulative,
+        snap.schedule_lag.cumulative,
+    );
+    println!(
+        "{name:<34} n={:<5} end-to-end p50={:>7.3}ms p99={:>7.3}ms | publish p50={:>7.3}ms p99={:>7.3}ms | schedule lag p50={:.3}ms (delivered {} of {})",
+        l.count,
+        l.p50 * 1e3,
+        l.p99 * 1e3,
+        p.p50 * 1e3,
+        p.p99 * 1e3,
+        lag.p50 * 1e3,
+        snap.counts.delivered,
+        snap.counts.sent
+    );
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "{COUNT} messages of {SIZE} bytes every {INTERVAL:?}; raw loop, chirp, raw loop again"
+    );
+    let nats = support::brokers::NatsServer::with_jetstream();
+    rt.block_on(async {
+        let js = support::targets::JetStream { server: nats };
+        js.create_stream("bench.chirp").await;
+        for round in 0..2 {
+            let r = raw_jetstream(&js.server.url()).await;
+            let _ = r.start;
+            row("jetstream: raw loop", &r.e2e, &r.publish);
+            if round == 0 {
+                chirp(
+                    ("main", format!("nats: {{url: \"{}\"}}", js.server.url())),
+                    "{jetstream: {connection: main, subject: bench.chirp}}",
+                    "{jetstream: {connection: main, stream: bench_chirp}}",
+                    "jetstream: chirp",
+                )
+                .await;
+            }
+        }
+    });
+    let rabbit = support::brokers::RabbitMq::start();
+    rt.block_on(async {
+        let t = support::targets::Rabbit { server: rabbit };
+        t.declare("bench.chirp").await;
+        let url = t.server.url();
+        for round in 0..2 {
+            let r = raw_rabbit(&t).await;
+            row("amqp: raw loop", &r.e2e, &r.publish);
+            if round == 0 {
+                chirp(
+                    ("main", format!("amqp: {{url: \"{url}\"}}")),
+                    &format!(
+                        "{{amqp: {{connection: main, exchange: {}, routing_key: bench.chirp}}}}",
+                        support::targets::RABBIT_EXCHANGE
+                    ),
+                    "{amqp: {connection: main, queue: bench.chirp}}",
+                    "amqp: chirp",
+                )
+                .await;
+            }
+        }
+    });
+}
