@@ -780,3 +780,90 @@ async fn rabbitmq_rejected_canaries_are_dead_lettered_exactly() {
     rt.shutdown().await;
     svc.abort();
 }
+
+/// Inject in one transport, catch in another: JetStream in, RabbitMQ out
+/// (a service reading the subject republishes to the exchange), and
+/// RabbitMQ in, JetStream out. Every canary is delivered once, with the
+/// token carried in the header by one service and only in the body by the
+/// other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_in_rabbitmq_out_and_back() {
+    use futures::StreamExt;
+    let port = free_port();
+    let js = JetStream::start(port).await;
+    let rabbit = Rabbit::start(port).await;
+    js.prepare(&["x.in", "y.out"]).await;
+    rabbit.prepare(&["x.out", "y.in"]).await;
+
+    // JetStream → RabbitMQ, token in the header.
+    let client = async_nats::connect(js.server.url()).await.unwrap();
+    let mut sub = client.subscribe("x.in").await.unwrap();
+    client.flush().await.unwrap();
+    let out = rabbit.channel().await;
+    out.confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let to_rabbit = tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let token = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(chirp::canary::HEADER))
+                .map(|v| v.to_string());
+            support::targets::rabbit_publish(&out, "x.out", token.as_deref(), &m.payload).await;
+        }
+    });
+    // RabbitMQ → JetStream, the body only (the catch side scans it).
+    let rx = rabbit.channel().await;
+    let mut consumer = rx
+        .basic_consume(
+            "y.in".into(),
+            "svc".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let jsc = async_nats::jetstream::new(client.clone());
+    let to_js = tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            jsc.publish("y.out", d.data.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    });
+
+    let config = conf(&js, port)
+        .connection("rabbit", format!("amqp: {{url: \"{}\"}}", rabbit.server.url()))
+        .probe(format!(
+            "{{name: js-to-rabbit, interval: 20ms, deadline: 3s, inject: {}, catch: {{amqp: {{connection: rabbit, queue: x.out}}}}}}",
+            js.inject("x.in")
+        ))
+        .probe(format!(
+            "{{name: rabbit-to-js, interval: 20ms, deadline: 3s, inject: {{amqp: {{connection: rabbit, exchange: {}, routing_key: y.in}}}}, catch: {}}}",
+            support::targets::RABBIT_EXCHANGE,
+            js.catch("y.out")
+        ))
+        .build();
+    let mut rt = support::start_counted(&config, 40).await;
+    rt.injection_done().await;
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    for w in rt.probes() {
+        let c = w.probe.counts();
+        assert!(c.invariant_holds(), "{c:?}");
+        assert_eq!(
+            (c.sent, c.delivered, c.duplicate, c.unrelated),
+            (40, 40, 0, 0),
+            "{}: {c:?}",
+            w.probe.name()
+        );
+    }
+    rt.shutdown().await;
+    to_rabbit.abort();
+    to_js.abort();
+}

@@ -124,6 +124,33 @@ fn check_exits_3_when_the_broker_cannot_be_reached() {
         3,
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("connection `main`"));
+    // JetStream and RabbitMQ as well.
+    let dead = free_port();
+    for (conn, inject, catch) in [
+        (
+            format!("nats: {{url: \"nats://127.0.0.1:{dead}\"}}"),
+            "{jetstream: {connection: main, subject: a.in}}",
+            "{jetstream: {connection: main, stream: A}}",
+        ),
+        (
+            format!("amqp: {{url: \"amqp://127.0.0.1:{dead}\"}}"),
+            "{amqp: {connection: main, exchange: e, routing_key: k}}",
+            "{amqp: {connection: main, queue: q}}",
+        ),
+    ] {
+        let cfg = Conf::new()
+            .connection("main", conn)
+            .probe(format!("{{name: gone, inject: {inject}, catch: {catch}}}"))
+            .file();
+        let out = exits(
+            Command::new(&*CHIRP)
+                .args(["check", "--count", "5", "-c"])
+                .arg(&cfg.path),
+            3,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("connection `main`"), "{err}");
+    }
 }
 
 #[test]
