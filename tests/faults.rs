@@ -867,3 +867,60 @@ async fn jetstream_in_rabbitmq_out_and_back() {
     to_rabbit.abort();
     to_js.abort();
 }
+
+/// RabbitMQ over TLS (AMQPS) with a certificate the test makes: trusted
+/// through `tls.ca_file`, every canary goes through; with another CA the
+/// connection is refused and `check` would exit 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_over_tls_trusts_the_given_ca_only() {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let server = tokio::task::block_in_place(|| {
+        support::brokers::RabbitMq::with_tls(&ck.cert.pem(), &ck.key_pair.serialize_pem())
+    });
+    let tls_port = server.tls_port.unwrap();
+    let dir = support::TempDir::new("amqps");
+    let ca = dir.write("ca.pem", ck.cert.pem());
+    let wrong = dir.write("other.pem", other.cert.pem());
+    let t = Rabbit { server };
+    t.prepare(&["tls.loop"]).await;
+    let port = free_port();
+    for (ca, works) in [(&ca, true), (&wrong, false)] {
+        let config = Conf::new()
+            .listen(format!("127.0.0.1:{port}"))
+            .connection(
+                "main",
+                format!(
+                    "amqp: {{url: \"amqps://guest:guest@127.0.0.1:{tls_port}\", tls: {{ca_file: {}}}}}",
+                    ca.display()
+                ),
+            )
+            .probe(format!(
+                "{{name: secure, interval: 20ms, deadline: 3s, inject: {}, catch: {}}}",
+                t.inject("tls.loop"),
+                t.catch("tls.loop")
+            ))
+            .build();
+        let opts = chirp::runtime::Options {
+            count: Some(30),
+            fail_fast: true,
+            reload: false,
+            ..chirp::runtime::Options::run(config.listen.address)
+        };
+        match chirp::runtime::Runtime::start(&config, opts).await {
+            Ok(mut rt) => {
+                assert!(works, "connected through a CA it should not trust");
+                rt.injection_done().await;
+                assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+                let c = rt.probes()[0].probe.counts();
+                assert_eq!((c.sent, c.delivered), (30, 30), "{c:?}");
+                rt.shutdown().await;
+            }
+            Err(e) => {
+                assert!(!works, "{e:#}");
+                assert!(e.is_unreachable(), "{e:#}");
+            }
+        }
+    }
+}

@@ -105,6 +105,8 @@ impl Drop for NatsServer {
 /// and an empty plugin list; it keeps its queues across a restart.
 pub struct RabbitMq {
     pub port: u16,
+    /// The AMQPS port, when started with TLS.
+    pub tls_port: Option<u16>,
     dist_port: u16,
     epmd_port: u16,
     bin: PathBuf,
@@ -114,15 +116,20 @@ pub struct RabbitMq {
 
 impl RabbitMq {
     pub fn start() -> RabbitMq {
-        Self::start_with(None)
+        Self::start_with(None, None)
     }
 
     /// A node whose only user is `user` with `password` (no guest).
     pub fn with_user(user: &str, password: &str) -> RabbitMq {
-        Self::start_with(Some((user, password)))
+        Self::start_with(Some((user, password)), None)
     }
 
-    fn start_with(user: Option<(&str, &str)>) -> RabbitMq {
+    /// A node that also speaks AMQPS with this PEM certificate and key.
+    pub fn with_tls(cert: &str, key: &str) -> RabbitMq {
+        Self::start_with(None, Some((cert, key)))
+    }
+
+    fn start_with(user: Option<(&str, &str)>, tls: Option<(&str, &str)>) -> RabbitMq {
         // Debian's wrapper (/usr/sbin/rabbitmq-server) switches to the
         // rabbitmq user; the script under it runs as whoever starts it.
         let wrapper = find_bin("rabbitmq-server", "rabbitmq-server");
@@ -135,9 +142,20 @@ impl RabbitMq {
         if let Some((u, p)) = user {
             conf.push_str(&format!("default_user = {u}\ndefault_pass = {p}\n"));
         }
+        let tls_port = tls.map(|(cert, key)| {
+            let port = free_port();
+            let (c, k) = (dir.write("server.pem", cert), dir.write("server.key", key));
+            conf.push_str(&format!(
+                "listeners.ssl.default = 127.0.0.1:{port}\nssl_options.certfile = {}\nssl_options.keyfile = {}\nssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+                c.display(),
+                k.display()
+            ));
+            port
+        });
         std::fs::write(dir.path().join("rabbitmq.conf"), conf).unwrap();
         let mut s = RabbitMq {
             port: free_port(),
+            tls_port,
             dist_port: free_port(),
             epmd_port: free_port(),
             bin,
