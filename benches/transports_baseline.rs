@@ -239,7 +239,7 @@ fn main() {
     });
     let rabbit = support::brokers::RabbitMq::start();
     rt.block_on(async {
-        let t = support::targets::Rabbit { server: rabbit };
+        let t = support::targets::Rabbit::around(rabbit);
         t.declare("bench.chirp").await;
         let url = t.server.url();
         for round in 0..2 {

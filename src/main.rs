@@ -109,6 +109,12 @@ fn init_logging(format: LogFormat, default_level: &str) {
             }
         }
     }
+    // lapin logs every returned (unroutable) message whole at warn: its
+    // headers may carry a secret, and one line per canary is a flood. chirp
+    // logs the broker's reply itself, once a minute.
+    if let Ok(cap) = "lapin::returned_messages=error".parse() {
+        filter = filter.add_directive(cap);
+    }
     // Colour only for a person at a terminal: a file or journald gets plain
     // text, and NO_COLOR (https://no-color.org: set and not empty) turns it off.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())

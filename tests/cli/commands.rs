@@ -242,6 +242,7 @@ fn run_with_the_shipped_config_serves_growing_counts_and_stops_on_sigterm() {
     assert_eq!(
         m("chirp_canaries_sent_total"),
         m("chirp_canaries_delivered_total")
+            + m("chirp_canaries_dead_lettered_total")
             + m("chirp_canaries_lost_total")
             + m("chirp_canaries_publish_failed_total")
             + m("chirp_canaries_in_flight"),

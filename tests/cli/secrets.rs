@@ -25,14 +25,30 @@ fn run_and_collect_logs(level: &str, url: &str) -> String {
 /// Runs a loop probe through `connection` at log `level` until 5 canaries
 /// are delivered (the credentials work); its stderr.
 fn run_with_logs(level: &str, connection: &str, inject: &str, catch: &str) -> String {
+    run_with_logs_and(level, connection, inject, catch, None, |_| true)
+}
+
+/// As [`run_with_logs`], with another probe beside the loop, until `also`
+/// holds of a scrape too.
+fn run_with_logs_and(
+    level: &str,
+    connection: &str,
+    inject: &str,
+    catch: &str,
+    other: Option<&str>,
+    also: impl Fn(&Scrape) -> bool,
+) -> String {
     let port = free_port();
-    let cfg = Conf::new()
+    let mut conf = Conf::new()
         .listen(format!("127.0.0.1:{port}"))
         .connection("main", connection)
         .probe(format!(
             "{{name: loop, interval: 20ms, inject: {inject}, catch: {catch}}}"
-        ))
-        .file();
+        ));
+    if let Some(o) = other {
+        conf = conf.probe(o);
+    }
+    let cfg = conf.file();
     let mut child = Command::new(&*CHIRP)
         .args(["run", "-c"])
         .arg(&cfg.path)
@@ -45,9 +61,10 @@ fn run_with_logs(level: &str, connection: &str, inject: &str, catch: &str) -> St
     // The credentials work: canaries go through the server that requires them.
     let give_up = Instant::now() + Duration::from_secs(15);
     loop {
-        let delivered =
-            Scrape::blocking(port).map(|s| s.sum("chirp_canaries_delivered_total", &[]));
-        if delivered.is_some_and(|d| d >= 5.0) {
+        let done = Scrape::blocking(port).is_some_and(|s| {
+            s.sum("chirp_canaries_delivered_total", &[("probe", "loop")]) >= 5.0 && also(&s)
+        });
+        if done {
             break;
         }
         if Instant::now() > give_up {
@@ -182,6 +199,39 @@ fn amqp_credentials_work_and_never_reach_the_logs() {
         assert!(
             !logs.contains(PASSWORD),
             "the password leaked at {level}:\n{logs}"
+        );
+        assert!(
+            !logs.contains(HEADER_SECRET),
+            "a header value leaked at {level}:\n{logs}"
+        );
+    }
+}
+
+/// Canaries RabbitMQ returns as unroutable are publish failures, and what
+/// is said of them is chirp's own line, once a minute: never the returned
+/// message (its headers may carry a credential), whatever the level.
+#[test]
+fn returned_amqp_messages_are_said_once_without_their_headers() {
+    let rabbit = RabbitMq::start();
+    let url = rabbit.url();
+    let unroutable = format!("{{name: nowhere, interval: 20ms, inject: {{amqp: {{connection: main, exchange: e, routing_key: no.queue, declare: true, headers: {{x-auth: {HEADER_SECRET}}}}}}}, catch: {{amqp: {{connection: main, queue: q2, declare: true}}}}}}");
+    for level in ["info", "debug"] {
+        let logs = run_with_logs_and(
+            level,
+            &format!("amqp: {{url: \"{url}\"}}"),
+            "{amqp: {connection: main, exchange: e, routing_key: k, declare: true}}",
+            "{amqp: {connection: main, queue: q, declare: true, bind: {exchange: e, routing_key: k}}}",
+            Some(&unroutable),
+            |s| s.sum("chirp_canaries_publish_failed_total", &[("probe", "nowhere"), ("kind", "rejected")]) >= 20.0,
+        );
+        assert_eq!(
+            logs.matches("was returned as unroutable").count(),
+            1,
+            "at {level}:\n{logs}"
+        );
+        assert!(
+            logs.contains("NO_ROUTE"),
+            "the broker's reply is said: {logs}"
         );
         assert!(
             !logs.contains(HEADER_SECRET),

@@ -579,6 +579,7 @@ async fn chirp_run_exports_by_environment_and_flushes_on_sigterm() {
         assert_eq!(
             v("chirp.canaries.sent"),
             v("chirp.canaries.delivered")
+                + v("chirp.canaries.dead_lettered")
                 + v("chirp.canaries.lost")
                 + v("chirp.canaries.publish_failed"),
             "{probe}"

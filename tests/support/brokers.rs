@@ -177,6 +177,8 @@ impl RabbitMq {
         let d = self.dir.path();
         let log = std::fs::File::create(d.join("rabbitmq.out")).expect("log file");
         let child = Command::new(&self.bin)
+            // A node killed mid-write leaves crash dumps in its directory.
+            .current_dir(d)
             .env("HOME", d)
             .env("RABBITMQ_NODE_PORT", self.port.to_string())
             .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")

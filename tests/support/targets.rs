@@ -482,19 +482,29 @@ impl Target for JetStream {
 /// is a durable queue of that name bound to it by the same routing key.
 pub struct Rabbit {
     pub server: RabbitMq,
+    /// Connections behind the channels handed out, closed with the target.
+    conns: Mutex<Vec<lapin::Connection>>,
 }
 
 pub const RABBIT_EXCHANGE: &str = "chirp";
 
 impl Rabbit {
+    /// The target around a node started otherwise (with TLS, a user).
+    pub fn around(server: RabbitMq) -> Rabbit {
+        Rabbit {
+            server,
+            conns: Mutex::new(Vec::new()),
+        }
+    }
+
     pub async fn channel(&self) -> lapin::Channel {
         let conn =
             lapin::Connection::connect(&self.server.url(), lapin::ConnectionProperties::default())
                 .await
                 .expect("connect to RabbitMQ");
-        // The connection lives as long as the channel is used.
         let ch = conn.create_channel().await.expect("channel");
-        std::mem::forget(conn);
+        // The connection lives as long as the target.
+        self.conns.lock().unwrap().push(conn);
         ch
     }
 
@@ -562,6 +572,7 @@ impl Target for Rabbit {
     async fn start(_chirp_port: u16) -> Self {
         Rabbit {
             server: tokio::task::block_in_place(RabbitMq::start),
+            conns: Mutex::new(Vec::new()),
         }
     }
 

@@ -162,7 +162,10 @@ async fn catch_loop(
                     tracing::warn!(probe = %sink.name(), error = %e, "RabbitMQ consumer failed; consuming again.");
                     break;
                 }
-                None => break,
+                None => {
+                    tracing::warn!(probe = %sink.name(), queue = %cfg.queue, "RabbitMQ ended the consumer (queue deleted, or the connection closed); consuming again.");
+                    break;
+                }
             };
             let at = Instant::now();
             sink.on_message(Caught {
@@ -178,5 +181,10 @@ async fn catch_loop(
             }
         }
         ready.send_replace(false);
+        // Not in a tight loop: a consumer that keeps failing is retried each second.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }

@@ -24,6 +24,9 @@ pub struct AmqpInject {
     timeout: Duration,
     /// The channel in confirm mode; made again after a connection loss.
     channel: tokio::sync::Mutex<Option<Channel>>,
+    /// Set when a confirm did not come in time: the channel is replaced
+    /// (lapin keeps every abandoned confirm until its channel closes).
+    stale: Arc<std::sync::atomic::AtomicBool>,
     /// Returned messages are logged at most once a minute.
     last_return_log: Arc<std::sync::Mutex<Option<Instant>>>,
 }
@@ -60,6 +63,7 @@ pub async fn build(
             .collect(),
         timeout,
         channel: tokio::sync::Mutex::new(None),
+        stale: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         last_return_log: Arc::new(std::sync::Mutex::new(None)),
     };
     if ctx.fail_fast {
@@ -94,6 +98,17 @@ impl AmqpInject {
     /// The open channel, or a new one on the current connection.
     async fn channel(&self) -> Result<Channel, PublishError> {
         let mut slot = self.channel.lock().await;
+        if self.stale.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            if let Some(old) = slot.take() {
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        old.close(200, "confirms stopped coming; replaced".into()),
+                    )
+                    .await;
+                });
+            }
+        }
         if let Some(c) = slot.as_ref().filter(|c| c.status().connected()) {
             return Ok(c.clone());
         }
@@ -177,7 +192,11 @@ impl Inject for AmqpInject {
             Ok(Err(e)) => return Err(classify(e)),
             Ok(Ok(c)) => c,
         };
-        let (timeout, log) = (self.timeout, Arc::clone(&self.last_return_log));
+        let (timeout, log, stale) = (
+            self.timeout,
+            Arc::clone(&self.last_return_log),
+            Arc::clone(&self.stale),
+        );
         let route = format!(
             "exchange `{}`, routing key `{}`",
             self.cfg.exchange, self.cfg.routing_key
@@ -185,10 +204,11 @@ impl Inject for AmqpInject {
         Ok(Box::pin(async move {
             let answer = match tokio::time::timeout(timeout, confirm).await {
                 Err(_) => {
+                    stale.store(true, std::sync::atomic::Ordering::Relaxed);
                     return Err(PublishError::new(
                         FailureKind::Timeout,
                         "no confirm from RabbitMQ within publish_timeout",
-                    ))
+                    ));
                 }
                 Ok(Err(e)) => return Err(classify(e)),
                 Ok(Ok(a)) => a,

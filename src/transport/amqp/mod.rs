@@ -86,9 +86,12 @@ impl Connected {
     }
 
     /// Ends reconnecting and closes the connections.
-    pub async fn close(self) {
+    pub async fn close(mut self) {
         self.stop.cancel();
-        for link in [self.inject, self.catch].into_iter().flatten() {
+        for link in [self.inject.take(), self.catch.take()]
+            .into_iter()
+            .flatten()
+        {
             if let Some(c) = link.conn.send_replace(None) {
                 let _ = tokio::time::timeout(
                     Duration::from_secs(2),
@@ -97,6 +100,14 @@ impl Connected {
                 .await;
             }
         }
+    }
+}
+
+impl Drop for Connected {
+    /// Dropped without `close` (a reload that failed half-way): the
+    /// supervisors stop, and with them the connections.
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 

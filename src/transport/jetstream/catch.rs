@@ -54,10 +54,13 @@ struct Reader {
 }
 
 impl Reader {
-    /// Opens the consumer. An ordered one starts after `after` (the last
-    /// stream sequence read) when reopened, so nothing stored meanwhile is
-    /// skipped; new messages only the first time.
-    async fn open(&self, after: Option<u64>) -> Result<Messages, BoxError> {
+    /// Opens the consumer. An ordered one reads what is stored after
+    /// `after`: the stream's last sequence when it was first opened (new
+    /// messages only), then the last sequence read, so a reopened consumer
+    /// skips nothing stored meanwhile. A stream that was recreated or
+    /// purged meanwhile (its last sequence is below `after`) is read from
+    /// its start, and said so.
+    async fn open(&self, after: &mut Option<u64>) -> Result<Messages, BoxError> {
         let stream = if self.cfg.declare {
             self.js
                 .get_or_create_stream(async_nats::jetstream::stream::Config {
@@ -92,15 +95,26 @@ impl Reader {
                     .boxed()
             }
             None => {
+                let last = stream.cached_info().state.last_sequence;
+                let deliver_policy = match *after {
+                    Some(seq) if last < seq => {
+                        tracing::warn!(stream = %self.cfg.stream, last_read = seq, last_stored = last, "The JetStream stream was recreated or purged; reading it from its start.");
+                        DeliverPolicy::All
+                    }
+                    Some(seq) => DeliverPolicy::ByStartSequence {
+                        start_sequence: seq + 1,
+                    },
+                    None => DeliverPolicy::ByStartSequence {
+                        start_sequence: last + 1,
+                    },
+                };
+                if after.is_none_or(|seq| last < seq) {
+                    *after = Some(last);
+                }
                 let consumer = stream
                     .create_consumer(pull::OrderedConfig {
                         filter_subject: self.cfg.subject.clone().unwrap_or_default(),
-                        deliver_policy: match after {
-                            Some(seq) => DeliverPolicy::ByStartSequence {
-                                start_sequence: seq + 1,
-                            },
-                            None => DeliverPolicy::New,
-                        },
+                        deliver_policy,
                         ..Default::default()
                     })
                     .await?;
@@ -130,39 +144,46 @@ pub async fn start(
         cfg: cfg.clone(),
     };
     let (ready_tx, ready) = watch::channel(false);
+    let mut after = None;
     let first = if ctx.fail_fast {
         let what = format!("probe `{}`: catch", sink.name());
         Some(
             reader
-                .open(None)
+                .open(&mut after)
                 .await
                 .map_err(|e| SetupError::new(what, true, e))?,
         )
     } else {
         None
     };
-    ctx.tasks
-        .spawn(catch_loop(reader, first, sink, ready_tx, ctx.stop.clone()));
+    ctx.tasks.spawn(catch_loop(
+        reader,
+        first,
+        after,
+        sink,
+        ready_tx,
+        ctx.stop.clone(),
+    ));
     Ok(Arc::new(JetStreamCatch { client, ready }))
 }
 
 async fn catch_loop(
     reader: Reader,
     mut first: Option<Messages>,
+    // The stream sequence read up to (see `Reader::open`).
+    mut last: Option<u64>,
     sink: Arc<dyn CatchSink>,
     ready: watch::Sender<bool>,
     stop: CancellationToken,
 ) {
     let acks = reader.cfg.consumer.is_some();
-    // The stream sequence of the last message read.
-    let mut last: Option<u64> = None;
     loop {
         let mut messages = match first.take() {
             Some(m) => m,
             None => {
                 let mut said = false;
                 loop {
-                    match reader.open(last).await {
+                    match reader.open(&mut last).await {
                         Ok(m) => break m,
                         Err(e) => {
                             // Once per outage: the canaries meanwhile show as lost.
@@ -218,11 +239,20 @@ async fn catch_loop(
             // Recorded first, then acked: an ack lost on the way brings a
             // redelivery, which the ledger counts as a duplicate.
             if acks {
-                if let Err(e) = msg.ack().await {
-                    tracing::debug!(probe = %sink.name(), error = %e, "JetStream ack failed; the message will be redelivered.");
+                let acked = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    a = tokio::time::timeout(Duration::from_secs(5), msg.ack()) => a,
+                };
+                if !matches!(acked, Ok(Ok(()))) {
+                    tracing::debug!(probe = %sink.name(), "JetStream ack failed; the message will be redelivered.");
                 }
             }
         }
         ready.send_replace(false);
+        // Not in a tight loop: a consumer that keeps failing is reopened each second.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
