@@ -56,6 +56,9 @@ pub struct Ledger {
     highest_delivered: Option<u64>,
     /// The last catch of one of this lane's canaries (the ledger's creation until the first).
     last_caught: Instant,
+    /// Whether one of this lane's canaries was ever caught at the catch
+    /// point (the dead-letter queue does not count).
+    ever_caught: bool,
     counts: Counts,
     pub e2e: LatencyStats,
     pub publish: LatencyStats,
@@ -86,6 +89,7 @@ impl Ledger {
             expire_cursor: 0,
             highest_delivered: None,
             last_caught: start,
+            ever_caught: false,
             counts: Counts::default(),
             e2e: LatencyStats::new(deadline, thresholds, start),
             publish: LatencyStats::new(deadline, &[], start),
@@ -202,6 +206,7 @@ impl Ledger {
             return Arrival::NeverSent;
         }
         self.last_caught = self.last_caught.max(now);
+        self.ever_caught = true;
         let intended = self.intended(seq);
         let deadline = self.deadline;
         let highest = self.highest_delivered;
@@ -343,12 +348,18 @@ impl Ledger {
         self.publish.inherit(&old.publish);
         self.lag.inherit(&old.lag);
         self.last_caught = self.last_caught.max(old.last_caught);
+        self.ever_caught |= old.ever_caught;
     }
 
     /// When one of this lane's canaries was last caught; the ledger's
     /// creation until the first.
     pub fn last_caught(&self) -> Instant {
         self.last_caught
+    }
+
+    /// Whether a canary of this lane was ever caught at the catch point.
+    pub fn ever_caught(&self) -> bool {
+        self.ever_caught
     }
 
     pub fn snapshot(&mut self, now: Instant) -> Snapshot {

@@ -92,7 +92,6 @@ impl Facts {
     /// Reads probe `w` (its `report`, taken at `now`).
     pub fn of(w: &Watched, report: &ProbeReport, now: Instant) -> Facts {
         let p = &w.probe;
-        let c = &report.counts;
         let lanes = p.lanes();
         let last = lanes.iter().map(|l| l.ledger().last_caught()).max();
         // Silence counts from the last catch, or from the schedule's start
@@ -104,8 +103,8 @@ impl Facts {
                 l.last_caught().max(l.intended(0))
             })
             .max();
-        // Every catch of one of our canaries counts as one of these.
-        let caught = c.delivered + c.duplicate + c.late > 0;
+        // A catch at the catch point (not one on the dead-letter queue).
+        let caught = lanes.iter().any(|l| l.ledger().ever_caught());
         let window = &report.latency.window;
         Facts {
             name: report.name.clone(),
