@@ -9,6 +9,7 @@ mod errors;
 pub mod http;
 pub mod jetstream;
 pub mod kafka;
+pub mod mqtt;
 pub mod nats;
 
 pub use errors::{chain, classify_io};
@@ -29,7 +30,7 @@ use tokio_util::task::TaskTracker;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Transports chirp will have but does not have yet.
-const PLANNED: [&str; 2] = ["amqp", "mqtt"];
+const PLANNED: [&str; 1] = ["amqp"];
 
 const ONE_TRANSPORT: &str =
     "name exactly one transport, e.g. `nats: {connection: main, subject: orders.in}`";
@@ -87,6 +88,7 @@ macro_rules! one_transport {
 pub enum ConnectionConfig {
     Nats(nats::config::ConnectionConfig),
     Kafka(kafka::config::ConnectionConfig),
+    Mqtt(mqtt::config::ConnectionConfig),
 }
 
 /// Where a probe's canaries go in.
@@ -96,6 +98,7 @@ pub enum InjectConfig {
     JetStream(jetstream::config::InjectConfig),
     Http(http::config::InjectConfig),
     Kafka(kafka::config::InjectConfig),
+    Mqtt(mqtt::config::InjectConfig),
 }
 
 /// Where a probe's canaries come out.
@@ -105,23 +108,27 @@ pub enum CatchConfig {
     JetStream(jetstream::config::CatchConfig),
     Http(http::config::CatchConfig),
     Kafka(kafka::config::CatchConfig),
+    Mqtt(mqtt::config::CatchConfig),
 }
 
 one_transport!(ConnectionConfig {
     "nats" => Nats(nats::config::ConnectionConfig),
     "kafka" => Kafka(kafka::config::ConnectionConfig),
+    "mqtt" => Mqtt(mqtt::config::ConnectionConfig),
 });
 one_transport!(InjectConfig {
     "nats" => Nats(nats::config::InjectConfig),
     "jetstream" => JetStream(jetstream::config::InjectConfig),
     "http" => Http(http::config::InjectConfig),
     "kafka" => Kafka(kafka::config::InjectConfig),
+    "mqtt" => Mqtt(mqtt::config::InjectConfig),
 });
 one_transport!(CatchConfig {
     "nats" => Nats(nats::config::CatchConfig),
     "jetstream" => JetStream(jetstream::config::CatchConfig),
     "http" => Http(http::config::CatchConfig),
     "kafka" => Kafka(kafka::config::CatchConfig),
+    "mqtt" => Mqtt(mqtt::config::CatchConfig),
 });
 
 impl ConnectionConfig {
@@ -129,6 +136,7 @@ impl ConnectionConfig {
         match self {
             ConnectionConfig::Nats(_) => "nats",
             ConnectionConfig::Kafka(_) => "kafka",
+            ConnectionConfig::Mqtt(_) => "mqtt",
         }
     }
 
@@ -137,6 +145,7 @@ impl ConnectionConfig {
         match self {
             ConnectionConfig::Nats(c) => c.validate(&path, p),
             ConnectionConfig::Kafka(c) => c.validate(&path, p),
+            ConnectionConfig::Mqtt(c) => c.validate(&path, p),
         }
     }
 }
@@ -163,6 +172,7 @@ impl InjectConfig {
             InjectConfig::JetStream(c) => jetstream::config::inject_end(c),
             InjectConfig::Http(c) => http::config::inject_end(c),
             InjectConfig::Kafka(c) => kafka::config::end(&c.topic, &c.connection),
+            InjectConfig::Mqtt(c) => mqtt::config::end(&c.topic, &c.connection),
         }
     }
 
@@ -182,6 +192,7 @@ impl InjectConfig {
             InjectConfig::JetStream(c) => c.validate(&path, p),
             InjectConfig::Http(c) => c.validate(&path, p),
             InjectConfig::Kafka(c) => c.validate(&path, p),
+            InjectConfig::Mqtt(c) => c.validate(&path, p),
         }
         check_connection(&self.end(), &path, conns, p);
     }
@@ -200,6 +211,7 @@ impl CatchConfig {
             CatchConfig::JetStream(c) => jetstream::config::catch_end(c),
             CatchConfig::Http(_) => http::config::catch_end(probe),
             CatchConfig::Kafka(c) => kafka::config::end(&c.topic, &c.connection),
+            CatchConfig::Mqtt(c) => mqtt::config::end(&c.topic, &c.connection),
         }
     }
 
@@ -219,6 +231,7 @@ impl CatchConfig {
             CatchConfig::JetStream(c) => c.validate(&path, p),
             CatchConfig::Http(c) => c.validate(&path, p),
             CatchConfig::Kafka(c) => c.validate(&path, p),
+            CatchConfig::Mqtt(c) => c.validate(&path, p),
         }
         check_connection(&self.end(""), &path, conns, p);
     }
@@ -551,6 +564,7 @@ pub fn needs(
 pub struct Connections {
     nats: BTreeMap<String, nats::Connected>,
     kafka: BTreeMap<String, kafka::Connected>,
+    mqtt: BTreeMap<String, mqtt::Connected>,
     links: Vec<Arc<LinkStatus>>,
 }
 
@@ -581,6 +595,11 @@ pub async fn connect_needed(
                 let conn = kafka::connect(name, c, need.destinations.clone())?;
                 out.links.push(conn.link());
                 out.kafka.insert(name.clone(), conn);
+            }
+            ConnectionConfig::Mqtt(c) => {
+                let conn = mqtt::connect(name, c, need.roles, ctx).await?;
+                out.links.extend(conn.links());
+                out.mqtt.insert(name.clone(), conn);
             }
         }
     }
@@ -633,6 +652,11 @@ impl Connections {
                 )
                 .await?
             }
+            InjectConfig::Mqtt(c) => Arc::new(mqtt::inject::MqttInject::new(
+                named(&self.mqtt, &c.connection)?,
+                c,
+                publish_timeout,
+            )?),
         })
     }
 
@@ -654,6 +678,9 @@ impl Connections {
             CatchConfig::Kafka(c) => {
                 kafka::catch::start(named(&self.kafka, &c.connection)?, c, sink, ctx).await?
             }
+            CatchConfig::Mqtt(c) => {
+                mqtt::catch::start(named(&self.mqtt, &c.connection)?, c, sink, ctx).await?
+            }
         })
     }
 
@@ -673,6 +700,9 @@ impl Connections {
             if let Some(c) = self.kafka.remove(name) {
                 out.kafka.insert(name.clone(), c);
             }
+            if let Some(c) = self.mqtt.remove(name) {
+                out.mqtt.insert(name.clone(), c);
+            }
         }
         let (gone, kept) = std::mem::take(&mut self.links)
             .into_iter()
@@ -686,6 +716,7 @@ impl Connections {
     pub fn add(&mut self, other: Connections) {
         self.nats.extend(other.nats);
         self.kafka.extend(other.kafka);
+        self.mqtt.extend(other.mqtt);
         self.links.extend(other.links);
     }
 
@@ -695,5 +726,7 @@ impl Connections {
             k.close().await;
         }
         drop(self.nats);
+        // Ends their event loop tasks, which disconnect.
+        drop(self.mqtt);
     }
 }
