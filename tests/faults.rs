@@ -19,7 +19,7 @@ mod support;
 use chirp::canary::{Signer, Token};
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
-use support::targets::{JetStream, Kafka, Nats, Plan, Target, Webhook};
+use support::targets::{JetStream, Kafka, Mqtt, Nats, Plan, Target, Webhook};
 use support::{free_port, wait_for, Conf, Scrape, KEY};
 use tokio::time::Instant;
 
@@ -346,6 +346,7 @@ suite! {
     jetstream: JetStream => [relay_faults, restart, down_at_start, garbage];
     kafka: Kafka => [relay_faults, restart, down_at_start, garbage];
     http: Webhook => [relay_faults, restart, down_at_start, garbage];
+    mqtt: Mqtt => [relay_faults, restart, down_at_start, garbage];
 }
 
 /// The webhook receiver's own checks: unsigned and badly signed requests are
@@ -505,4 +506,75 @@ async fn nats_malformed_headers_disturb_only_the_catch_client() {
         "the client never handed them over: {c:?}"
     );
     rt.shutdown().await;
+}
+
+/// MQTT: canaries the pipeline sends again once the broker is back (as a
+/// QoS 1 sender does for messages whose PUBACK it never saw) are second
+/// catches: counted as `duplicate`, never delivered twice, and the outage
+/// between keeps the counts whole. Both chirp clients reconnect after the
+/// broker restart and the catch client subscribes again (the restarted
+/// broker kept no session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_copies_after_a_broker_restart_are_duplicates() {
+    use support::targets::{mqtt_send, MqttPeer, Msg};
+    let mut broker = support::MosquittoServer::start();
+    let mut relay = MqttPeer::connect(broker.port, Some("dup/in")).await;
+    let (_, none) = tokio::sync::mpsc::unbounded_channel();
+    let mut incoming = std::mem::replace(&mut relay.messages, none);
+    let forwarded: std::sync::Arc<std::sync::Mutex<Vec<Msg>>> = Default::default();
+    let (client, kept) = (relay.client.clone(), forwarded.clone());
+    let forwarding = tokio::spawn(async move {
+        while let Some(m) = incoming.recv().await {
+            mqtt_send(&client, "dup/out", m.token.as_deref(), m.body.clone()).await;
+            kept.lock().unwrap().push(m);
+        }
+    });
+    let config = Conf::new()
+        .connection("m", format!("mqtt: {{url: \"{}\"}}", broker.url()))
+        .probe("{name: dup, interval: 50ms, deadline: 3s, publish_timeout: 1s, inject: {mqtt: {connection: m, topic: dup/in}}, catch: {mqtt: {connection: m, topic: dup/out}}}")
+        .build();
+    let mut rt = support::start(&config).await;
+    let probe = support::probe(&rt, "dup");
+    wait_for("deliveries", Duration::from_secs(20), || {
+        probe.counts().delivered >= 10
+    })
+    .await;
+    let before = probe.counts();
+    assert_eq!((before.lost, before.publish_failed), (0, 0), "{before:?}");
+
+    broker.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    broker.restart();
+    relay.subscribed(2).await;
+    wait_for(
+        "deliveries after the restart",
+        Duration::from_secs(30),
+        || {
+            let c = probe.counts();
+            assert!(c.invariant_holds(), "{c:?}");
+            c.delivered >= before.delivered + 10
+        },
+    )
+    .await;
+
+    // The first five canaries, delivered before the outage, come again.
+    let again: Vec<Msg> = forwarded.lock().unwrap()[..5].to_vec();
+    let mut sender = MqttPeer::connect(broker.port, None).await;
+    for m in again {
+        sender.publish("dup/out", m.token.as_deref(), m.body).await;
+    }
+    wait_for("the copies", Duration::from_secs(10), || {
+        probe.counts().duplicate == 5
+    })
+    .await;
+    rt.stop_injecting();
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    let c = probe.counts();
+    assert!(c.invariant_holds(), "{c:?}");
+    assert_eq!(c.duplicate, 5, "{c:?}");
+    assert_eq!(c.in_flight, 0, "{c:?}");
+    assert_eq!(c.delivered + c.lost + c.publish_failed, c.sent, "{c:?}");
+    assert_eq!((c.foreign, c.rejected, c.unrelated), (0, 0, 0), "{c:?}");
+    rt.shutdown().await;
+    forwarding.abort();
 }
