@@ -168,8 +168,17 @@ fn with_json_logs_fatal_errors_and_the_exit_reason_are_json() {
     );
 
     // No subcommand at all: the usage error, as JSON.
-    let got = lines(&exits(Command::new(&*CHIRP).args(["--log-format", "json"]), 2));
-    assert!(got[0]["fields"]["message"].as_str().unwrap().contains("requires a subcommand"), "{got:?}");
+    let got = lines(&exits(
+        Command::new(&*CHIRP).args(["--log-format", "json"]),
+        2,
+    ));
+    assert!(
+        got[0]["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("requires a subcommand"),
+        "{got:?}"
+    );
 
     // A command line clap refuses.
     let got = lines(&exits(
