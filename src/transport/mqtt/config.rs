@@ -65,12 +65,29 @@ fn default_qos() -> u8 {
     1
 }
 
+/// `qos: 1` (a scalar reaches serde as a string from `probes.yaml`).
+fn qos<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    let text = match Raw::deserialize(d)? {
+        Raw::Number(n) => n.to_string(),
+        Raw::Text(t) => t,
+    };
+    text.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!("QoS `{text}` does not exist: write 0, 1 or 2"))
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InjectConfig {
     pub connection: String,
     pub topic: String,
-    #[serde(default = "default_qos")]
+    #[serde(default = "default_qos", deserialize_with = "qos")]
     pub qos: u8,
 }
 
@@ -80,7 +97,7 @@ pub struct CatchConfig {
     pub connection: String,
     /// A topic filter: may hold the wildcards `+` and `#`.
     pub topic: String,
-    #[serde(default = "default_qos")]
+    #[serde(default = "default_qos", deserialize_with = "qos")]
     pub qos: u8,
 }
 

@@ -160,6 +160,18 @@ fn versions_read_as_written() {
     );
     let e = read("{url: mqtt://h, version: 4}").unwrap_err().to_string();
     assert!(e.contains("MQTT version `4` is not supported"), "{e}");
+    // As `probes.yaml` hands them over: every scalar a string.
+    let inject = |y: &str| serde_yaml::from_str::<InjectConfig>(y);
+    assert_eq!(inject("{connection: m, topic: t}").unwrap().qos, 1);
+    assert_eq!(
+        inject("{connection: m, topic: t, qos: \"2\"}").unwrap().qos,
+        2
+    );
+    assert_eq!(inject("{connection: m, topic: t, qos: 0}").unwrap().qos, 0);
+    let e = inject("{connection: m, topic: t, qos: high}")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("QoS `high` does not exist"), "{e}");
     let c = read("{url: \"mqtt://u:hunter2@h\"}").unwrap();
     assert!(!format!("{c:?}").contains("hunter2"));
 }
