@@ -533,7 +533,7 @@ async fn mqtt_copies_after_a_broker_restart_are_duplicates() {
         .connection("m", format!("mqtt: {{url: \"{}\"}}", broker.url()))
         .probe("{name: dup, interval: 50ms, deadline: 3s, publish_timeout: 1s, inject: {mqtt: {connection: m, topic: dup/in}}, catch: {mqtt: {connection: m, topic: dup/out}}}")
         .build();
-    let mut rt = support::start(&config).await;
+    let mut rt = support::start_connected(&config).await;
     let probe = support::probe(&rt, "dup");
     wait_for("deliveries", Duration::from_secs(20), || {
         probe.counts().delivered >= 10
@@ -577,4 +577,113 @@ async fn mqtt_copies_after_a_broker_restart_are_duplicates() {
     assert_eq!((c.foreign, c.rejected, c.unrelated), (0, 0, 0), "{c:?}");
     rt.shutdown().await;
     forwarding.abort();
+}
+
+/// MQTT: QoS 0, 1 and 2 over MQTT 5 and 3.1.1 (where the token travels in
+/// the payload only) all deliver every canary, each publish confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_every_qos_and_both_versions_deliver() {
+    let broker = support::MosquittoServer::start();
+    let probes = [
+        ("v5q0", "m5", 0),
+        ("v5q2", "m5", 2),
+        ("v3q1", "m3", 1),
+        ("v3q2", "m3", 2),
+    ];
+    let mut conf = Conf::new()
+        .connection("m5", format!("mqtt: {{url: \"{}\"}}", broker.url()))
+        .connection(
+            "m3",
+            format!("mqtt: {{url: \"{}\", version: \"3.1.1\"}}", broker.url()),
+        );
+    for (name, conn, qos) in probes {
+        conf = conf.probe(format!(
+            "{{name: {name}, interval: 50ms, deadline: 2s, inject: {{mqtt: {{connection: {conn}, topic: q/{name}, qos: {qos}}}}}, catch: {{mqtt: {{connection: {conn}, topic: q/{name}, qos: {qos}}}}}}}"
+        ));
+    }
+    let mut rt = support::start_connected(&conf.build()).await;
+    for (name, _, _) in probes {
+        let probe = support::probe(&rt, name);
+        wait_for(name, Duration::from_secs(20), || {
+            probe.counts().delivered >= 10
+        })
+        .await;
+    }
+    rt.stop_injecting();
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    for (name, _, _) in probes {
+        let c = support::probe(&rt, name).counts();
+        assert!(c.invariant_holds(), "{name}: {c:?}");
+        assert_eq!(
+            (c.delivered, c.lost, c.publish_failed, c.duplicate),
+            (c.sent, 0, 0, 0),
+            "{name}: {c:?}"
+        );
+    }
+    rt.shutdown().await;
+    // The catch clients kept a session (clean start 0), and ended it on
+    // shutdown by connecting once more with a clean one (clean start 1).
+    let log = broker.log();
+    for conn in ["m5", "m3"] {
+        let client = format!(" as chirp-{conn}-catch-");
+        let connects: Vec<&str> = log.lines().filter(|l| l.contains(&client)).collect();
+        assert!(
+            connects.first().is_some_and(|l| l.contains(", c0,")),
+            "{log}"
+        );
+        assert!(
+            connects.last().is_some_and(|l| l.contains(", c1,")),
+            "{log}"
+        );
+    }
+}
+
+/// MQTT: a publish the broker refuses (an MQTT 5 PUBACK saying not
+/// authorized) is `publish_failed{kind="auth"}`, and one a broker never
+/// acknowledges is `publish_failed{kind="timeout"}` after `publish_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_refused_and_unanswered_publishes_fail_with_their_kind() {
+    use chirp::outcome::FailureKind;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Anonymous clients may read everything and write nothing.
+    let dir = support::TempDir::new("mqtt-acl");
+    let acl = dir.write("acl", "topic read #\n");
+    let broker = support::MosquittoServer::start_with(&format!("acl_file {}", acl.display()), true);
+    // A "broker" that accepts the connection and never answers again.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((mut c, _)) = silent.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf).await;
+            // CONNACK (MQTT 5): no session, success, no properties.
+            let _ = c.write_all(&[0x20, 0x03, 0x00, 0x00, 0x00]).await;
+            conns.push(tokio::spawn(async move {
+                while matches!(c.read(&mut buf).await, Ok(n) if n > 0) {}
+            }));
+        }
+    });
+    let config = Conf::new()
+        .connection("m", format!("mqtt: {{url: \"{}\"}}", broker.url()))
+        .connection("s", format!("mqtt: {{url: \"mqtt://127.0.0.1:{silent_port}\"}}"))
+        .probe("{name: denied, interval: 50ms, deadline: 2s, inject: {mqtt: {connection: m, topic: no/in}}, catch: {mqtt: {connection: m, topic: no/in}}}")
+        .probe("{name: unanswered, interval: 50ms, deadline: 2s, publish_timeout: 300ms, inject: {mqtt: {connection: s, topic: void}}, catch: {mqtt: {connection: m, topic: void}}}")
+        .build();
+    let mut rt = support::start_connected(&config).await;
+    let denied = support::probe(&rt, "denied");
+    let unanswered = support::probe(&rt, "unanswered");
+    wait_for("the failures", Duration::from_secs(20), || {
+        denied.counts().publish_failed >= 10 && unanswered.counts().publish_failed >= 10
+    })
+    .await;
+    rt.stop_injecting();
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    let (d, u) = (denied.counts(), unanswered.counts());
+    assert!(d.invariant_holds() && u.invariant_holds(), "{d:?} {u:?}");
+    assert_eq!(d.failed(FailureKind::Auth), d.sent, "{d:?}");
+    assert_eq!(u.failed(FailureKind::Timeout), u.sent, "{u:?}");
+    assert_eq!(d.delivered + u.delivered, 0, "{d:?} {u:?}");
+    rt.shutdown().await;
+    held.abort();
 }

@@ -130,6 +130,40 @@ impl EventLoop {
         }
     }
 
+    /// Connects once more with a clean session and leaves: the broker
+    /// drops the persistent session (its subscriptions and queue) instead
+    /// of keeping it for a client id no one will use again.
+    pub async fn end_session(&mut self, client: &Client) {
+        match self {
+            EventLoop::V5(l) => {
+                l.options.set_clean_start(true);
+                l.options.set_session_expiry_interval(None);
+            }
+            EventLoop::V311(l) => {
+                l.mqtt_options.set_clean_session(true);
+            }
+        }
+        // Drops the connection: the next poll connects anew.
+        self.forget(false);
+        let connected = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            loop {
+                match self.poll().await {
+                    Ok(Ev::ConnAck { .. }) => return true,
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await;
+        if connected == Ok(true) {
+            client.disconnect();
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(500), async {
+                while self.poll().await.is_ok() {}
+            })
+            .await;
+        }
+    }
+
     /// Forgets every request not yet acknowledged, and (unless
     /// `keep_messages`) every buffered event, so nothing queued before a
     /// disconnect is sent (or reported) after the reconnect: their waiters

@@ -619,13 +619,18 @@ async fn drive(link: Arc<Link>, mut events: EventLoop) {
             }
         }
     }
-    // A clean DISCONNECT, given a moment to be written.
+    // A clean DISCONNECT, given a moment to be written; the catch client
+    // ends its persistent session first.
     if link.is_up() {
-        link.client.disconnect();
-        let _ = tokio::time::timeout(Duration::from_millis(500), async {
-            while events.poll().await.is_ok() {}
-        })
-        .await;
+        if link.status.role == "catch" {
+            events.end_session(&link.client).await;
+        } else {
+            link.client.disconnect();
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                while events.poll().await.is_ok() {}
+            })
+            .await;
+        }
     }
     link.disconnected(&mut events);
 }
