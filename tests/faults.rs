@@ -687,3 +687,42 @@ async fn mqtt_refused_and_unanswered_publishes_fail_with_their_kind() {
     rt.shutdown().await;
     held.abort();
 }
+
+/// MQTT: two probes on one connection whose catch filters overlap. A
+/// broker sends one copy of a message per matching subscription; the
+/// subscription identifiers (MQTT 5) hand each copy to its filter's probe
+/// only, so no copy makes a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_overlapping_filters_of_two_probes_make_no_duplicates() {
+    let broker = support::MosquittoServer::start();
+    let config = Conf::new()
+        .connection("m", format!("mqtt: {{url: \"{}\"}}", broker.url()))
+        .probe("{name: wide, interval: 50ms, deadline: 2s, inject: {mqtt: {connection: m, topic: ov/w}}, catch: {mqtt: {connection: m, topic: \"ov/#\"}}}")
+        .probe("{name: narrow, interval: 50ms, deadline: 2s, inject: {mqtt: {connection: m, topic: ov/n}}, catch: {mqtt: {connection: m, topic: ov/n}}}")
+        .build();
+    let mut rt = support::start_connected(&config).await;
+    let wide = support::probe(&rt, "wide");
+    let narrow = support::probe(&rt, "narrow");
+    wait_for("deliveries", Duration::from_secs(20), || {
+        wide.counts().delivered >= 10 && narrow.counts().delivered >= 10
+    })
+    .await;
+    rt.stop_injecting();
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    let n = narrow.counts();
+    // The wide filter sees the narrow probe's canaries too, once each.
+    wait_for(
+        "the narrow canaries at the wide filter",
+        Duration::from_secs(5),
+        || wide.counts().foreign == n.sent,
+    )
+    .await;
+    let w = wide.counts();
+    assert_eq!((w.delivered, w.duplicate), (w.sent, 0), "{w:?}");
+    assert_eq!(
+        (n.delivered, n.duplicate, n.foreign),
+        (n.sent, 0, 0),
+        "{n:?}"
+    );
+    rt.shutdown().await;
+}

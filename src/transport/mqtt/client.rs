@@ -31,6 +31,8 @@ pub enum Ev {
         payload: Bytes,
         token: Option<String>,
         traceparent: Option<String>,
+        /// The identifiers of the subscriptions it came through (MQTT 5).
+        subscriptions: Vec<usize>,
     },
     /// The publish with this packet id is written (0: QoS 0, done).
     Sent(u16),
@@ -98,9 +100,19 @@ impl Client {
         }
     }
 
-    pub fn subscribe(&self, filter: &str, qos: u8) -> bool {
+    /// Queues a SUBSCRIBE; `id` tags the messages it brings (MQTT 5), so a
+    /// message matching two filters, sent once per subscription, reaches
+    /// each filter's probes once.
+    pub fn subscribe(&self, filter: &str, qos: u8, id: usize) -> bool {
         match self {
-            Client::V5(c) => c.try_subscribe(filter, qos5(qos)).is_ok(),
+            Client::V5(c) => {
+                let props = p5::SubscribeProperties {
+                    id: Some(id),
+                    user_properties: Vec::new(),
+                };
+                c.try_subscribe_with_properties(filter, qos5(qos), props)
+                    .is_ok()
+            }
             Client::V311(c) => c.try_subscribe(filter, qos4(qos)).is_ok(),
         }
     }
@@ -221,6 +233,11 @@ fn from_v5(e: v5::Event) -> Ev {
                 topic: String::from_utf8_lossy(&p.topic).into_owned(),
                 token: get(canary::HEADER),
                 traceparent: get(canary::TRACEPARENT),
+                subscriptions: p
+                    .properties
+                    .as_ref()
+                    .map(|props| props.subscription_identifiers.clone())
+                    .unwrap_or_default(),
                 payload: p.payload,
             }
         }
@@ -275,6 +292,7 @@ fn from_v4(e: rumqttc::Event) -> Ev {
             payload: p.payload,
             token: None,
             traceparent: None,
+            subscriptions: Vec::new(),
         },
         Event::Incoming(Incoming::PubAck(a)) => Ev::Done {
             pkid: a.pkid,

@@ -196,6 +196,8 @@ impl Waiter {
 struct Sub {
     id: u64,
     filter: String,
+    /// The subscription identifier, one per filter (MQTT 5).
+    sid: usize,
     qos: u8,
     sink: Arc<dyn CatchSink>,
     /// True once a SUBACK granted it (in this session).
@@ -279,15 +281,24 @@ impl Link {
         let id = self.next_sub.fetch_add(1, Ordering::Relaxed);
         let (ready, rx) = watch::channel(false);
         let mut s = self.lock();
+        // Probes reading the same filter share its subscription (a second
+        // SUBSCRIBE to a filter replaces the first, identifier included).
+        let sid = match s.subs.iter().find(|x| x.filter == filter) {
+            Some(x) => x.sid,
+            // Never reused: a filter left while disconnected may still be
+            // subscribed in the broker's session.
+            None => id as usize + 1,
+        };
         s.subs.push(Sub {
             id,
+            sid,
             filter: filter.to_owned(),
             qos,
             sink,
             acked: false,
             ready,
         });
-        if self.is_up() && self.client.subscribe(filter, qos) {
+        if self.is_up() && self.client.subscribe(filter, qos, sid) {
             s.subscribing.push_back(id);
         }
         (id, rx)
@@ -341,7 +352,7 @@ impl Link {
                     if !session_present {
                         sub.acked = false;
                     }
-                    if !sub.acked && self.client.subscribe(&sub.filter, sub.qos) {
+                    if !sub.acked && self.client.subscribe(&sub.filter, sub.qos, sub.sid) {
                         s.subscribing.push_back(sub.id);
                     }
                 }
@@ -402,12 +413,22 @@ impl Link {
                 payload,
                 token,
                 traceparent,
+                subscriptions,
             } => {
                 let at = Instant::now();
                 let sinks: Vec<Arc<dyn CatchSink>> = {
                     let s = self.lock();
                     let mut v: Vec<Arc<dyn CatchSink>> = Vec::new();
-                    for sub in s.subs.iter().filter(|x| topic_matches(&x.filter, &topic)) {
+                    // By the subscriptions it came through where the broker
+                    // says (a copy per matching subscription), else by topic.
+                    let through = |x: &&Sub| {
+                        if subscriptions.is_empty() {
+                            topic_matches(&x.filter, &topic)
+                        } else {
+                            subscriptions.contains(&x.sid)
+                        }
+                    };
+                    for sub in s.subs.iter().filter(through) {
                         // Two filters of one probe matching the topic: one catch.
                         if !v.iter().any(|k| Arc::ptr_eq(k, &sub.sink)) {
                             v.push(Arc::clone(&sub.sink));
