@@ -726,3 +726,54 @@ async fn mqtt_overlapping_filters_of_two_probes_make_no_duplicates() {
     );
     rt.shutdown().await;
 }
+
+/// MQTT: a reload that changes a connection makes its new clients while
+/// the old ones still run. Their client ids differ, so the broker never
+/// closes one for the other (which would make them take the id from each
+/// other until the old ones close, and the old catch client's clean
+/// goodbye would wipe the new one's session); the probe goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_a_reloaded_connection_takes_over_without_a_fight() {
+    let broker = support::MosquittoServer::start();
+    let conf = |keep_alive: &str| {
+        Conf::new()
+            .connection(
+                "m",
+                format!("mqtt: {{url: \"{}\", keep_alive: {keep_alive}}}", broker.url()),
+            )
+            .probe("{name: r, interval: 50ms, deadline: 2s, inject: {mqtt: {connection: m, topic: r/loop}}, catch: {mqtt: {connection: m, topic: r/loop}}}")
+            .build()
+    };
+    let mut rt = support::start_connected(&conf("30s")).await;
+    let before = support::probe(&rt, "r");
+    wait_for("deliveries", Duration::from_secs(20), || {
+        before.counts().delivered >= 10
+    })
+    .await;
+    rt.reload(&conf("20s"), &tokio_util::sync::CancellationToken::new())
+        .await
+        .expect("the reload applies");
+    let probe = support::probe(&rt, "r");
+    let at = probe.counts().delivered;
+    wait_for(
+        "deliveries after the reload",
+        Duration::from_secs(20),
+        || probe.counts().delivered >= at + 20,
+    )
+    .await;
+    rt.stop_injecting();
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    let c = probe.counts();
+    assert!(c.invariant_holds(), "{c:?}");
+    assert_eq!(c.duplicate, 0, "{c:?}");
+    rt.shutdown().await;
+    let log = broker.log();
+    assert!(
+        !log.contains("already connected, closing old connection"),
+        "{log}"
+    );
+    assert!(
+        log.contains(" as chirp-m-catch-") && log.contains("-1 (p5, c0"),
+        "{log}"
+    );
+}

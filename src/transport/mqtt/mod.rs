@@ -468,6 +468,24 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
     t.next().is_none()
 }
 
+/// `chirp-<connection>-<role>-<run id>`, and `-<n>` after it for the
+/// connection's n-th remaking by a reload: the new clients connect while
+/// the old ones still run, and a broker disconnects a client whose id a new
+/// connection takes (the two would take the id from each other in turn).
+fn client_id(name: &str, role: &str, run_id: u64) -> String {
+    static MADE: Mutex<Option<HashMap<String, u64>>> = Mutex::new(None);
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    let n = made
+        .get_or_insert_with(HashMap::new)
+        .entry(format!("{name}/{role}/{run_id}"))
+        .and_modify(|n| *n += 1)
+        .or_insert(0);
+    match *n {
+        0 => format!("chirp-{name}-{role}-{run_id:016x}"),
+        n => format!("chirp-{name}-{role}-{run_id:016x}-{n}"),
+    }
+}
+
 /// Connects the connection `name`, a client per role that uses it. In
 /// `run` this returns at once and keeps connecting in the background (a
 /// prober must start while its broker is down); with `ctx.fail_fast`
@@ -515,7 +533,7 @@ async fn connect_one(
             ))
         }
     };
-    let client_id = format!("chirp-{name}-{role}-{:016x}", ctx.run_id);
+    let client_id = client_id(name, role, ctx.run_id);
     // The catch client keeps its session across reconnects, so what the
     // broker queued for it meanwhile arrives after the reconnect.
     let persistent = role == "catch";

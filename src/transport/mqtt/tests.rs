@@ -175,3 +175,23 @@ fn versions_read_as_written() {
     let c = read("{url: \"mqtt://u:hunter2@h\"}").unwrap();
     assert!(!format!("{c:?}").contains("hunter2"));
 }
+
+#[test]
+fn a_remade_connection_has_client_ids_of_its_own() {
+    assert_eq!(
+        client_id("m", "catch", 0xab),
+        "chirp-m-catch-00000000000000ab"
+    );
+    assert_eq!(
+        client_id("m", "catch", 0xab),
+        "chirp-m-catch-00000000000000ab-1"
+    );
+    assert_eq!(
+        client_id("m", "inject", 0xab),
+        "chirp-m-inject-00000000000000ab"
+    );
+    assert_eq!(
+        client_id("m", "catch", 0xab),
+        "chirp-m-catch-00000000000000ab-2"
+    );
+}
