@@ -589,6 +589,9 @@ async fn mqtt_every_qos_and_both_versions_deliver() {
         ("v5q2", "m5", 2),
         ("v3q1", "m3", 1),
         ("v3q2", "m3", 2),
+        // Past rumqttc's 10 KiB default packet limit.
+        ("v5big", "m5", 1),
+        ("v3big", "m3", 1),
     ];
     let mut conf = Conf::new()
         .connection("m5", format!("mqtt: {{url: \"{}\"}}", broker.url()))
@@ -597,8 +600,9 @@ async fn mqtt_every_qos_and_both_versions_deliver() {
             format!("mqtt: {{url: \"{}\", version: \"3.1.1\"}}", broker.url()),
         );
     for (name, conn, qos) in probes {
+        let size = if name.ends_with("big") { 100_000 } else { 256 };
         conf = conf.probe(format!(
-            "{{name: {name}, interval: 50ms, deadline: 2s, inject: {{mqtt: {{connection: {conn}, topic: q/{name}, qos: {qos}}}}}, catch: {{mqtt: {{connection: {conn}, topic: q/{name}, qos: {qos}}}}}}}"
+            "{{name: {name}, interval: 50ms, deadline: 2s, payload: {{size: {size}}}, inject: {{mqtt: {{connection: {conn}, topic: q/{name}, qos: {qos}}}}}, catch: {{mqtt: {{connection: {conn}, topic: q/{name}, qos: {qos}}}}}}}"
         ));
     }
     let mut rt = support::start_connected(&conf.build()).await;

@@ -36,6 +36,12 @@ use tokio_util::sync::CancellationToken;
 /// and the messages queued for it) after a disconnect (MQTT 5).
 const SESSION_EXPIRY_SECS: u32 = 300;
 
+/// The largest packet MQTT can carry (its remaining length's limit).
+const MAX_PACKET: usize = 268_435_455;
+
+/// The largest packet an MQTT 5 client takes (past a 1 MiB canary).
+const MAX_INCOMING_V5: u32 = 16 << 20;
+
 /// Requests a client queues before `send` reports it throttled.
 const REQUEST_QUEUE: usize = 1000;
 
@@ -544,6 +550,11 @@ async fn connect_one(
                 .set_clean_start(!persistent)
                 .set_connection_timeout(5)
                 .set_request_channel_capacity(REQUEST_QUEUE);
+            // rumqttc reads at most 10 KiB unless told: a larger message on
+            // a catch topic would drop the connection, and its redelivery
+            // again after each reconnect. Announced in CONNECT, the broker
+            // sends nothing larger (it drops it for this client instead).
+            o.set_max_packet_size(Some(MAX_INCOMING_V5));
             // No Nagle delay of chirp's own in the measured latency.
             let mut net = o.network_options();
             net.set_tcp_nodelay(true);
@@ -562,6 +573,12 @@ async fn connect_one(
         }
         config::Version::V311 => {
             let mut o = rumqttc::MqttOptions::new(client_id, url.host.clone(), url.port);
+            // rumqttc's 3.1.1 default is 10 KiB each way: a larger canary
+            // (payload.size), or a larger message on a catch topic, would
+            // drop the connection, and a redelivered one again after each
+            // reconnect. MQTT's own limit instead (3.1.1 cannot tell the
+            // broker a smaller one, as MQTT 5 does).
+            o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
             o.set_keep_alive(conn.keep_alive())
                 .set_clean_session(!persistent)
                 .set_request_channel_capacity(REQUEST_QUEUE);
