@@ -19,7 +19,7 @@ mod support;
 use chirp::canary::{Signer, Token};
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
-use support::targets::{JetStream, Kafka, Nats, Plan, Rabbit, Target, Webhook};
+use support::targets::{JetStream, Kafka, Mqtt, Nats, Plan, Rabbit, Target, Webhook};
 use support::{free_port, wait_for, Conf, Scrape, KEY};
 use tokio::time::Instant;
 
@@ -403,6 +403,7 @@ suite! {
     amqp: Rabbit => [relay_faults, restart, down_at_start, garbage, dead_letters];
     kafka: Kafka => [relay_faults, restart, down_at_start, garbage, dead_letters];
     http: Webhook => [relay_faults, restart, down_at_start, garbage];
+    mqtt: Mqtt => [relay_faults, restart, down_at_start, garbage, dead_letters];
 }
 
 /// The webhook receiver's own checks: unsigned and badly signed requests are
@@ -929,4 +930,278 @@ async fn rabbitmq_over_tls_trusts_the_given_ca_only() {
             }
         }
     }
+}
+
+/// MQTT: canaries the pipeline sends again once the broker is back (as a
+/// QoS 1 sender does for messages whose PUBACK it never saw) are second
+/// catches: counted as `duplicate`, never delivered twice, and the outage
+/// between keeps the counts whole. Both chirp clients reconnect after the
+/// broker restart and the catch client subscribes again (the restarted
+/// broker kept no session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_copies_after_a_broker_restart_are_duplicates() {
+    use support::targets::{mqtt_send, MqttPeer, Msg};
+    let mut broker = support::MosquittoServer::start();
+    let mut relay = MqttPeer::connect(broker.port, Some("dup/in")).await;
+    let (_, none) = tokio::sync::mpsc::unbounded_channel();
+    let mut incoming = std::mem::replace(&mut relay.messages, none);
+    let forwarded: std::sync::Arc<std::sync::Mutex<Vec<Msg>>> = Default::default();
+    let (client, kept) = (relay.client.clone(), forwarded.clone());
+    let forwarding = tokio::spawn(async move {
+        while let Some(m) = incoming.recv().await {
+            mqtt_send(&client, "dup/out", m.token.as_deref(), m.body.clone()).await;
+            kept.lock().unwrap().push(m);
+        }
+    });
+    let config = Conf::new()
+        .connection("m", format!("mqtt: {{url: \"{}\"}}", broker.url()))
+        .probe("{name: dup, interval: 50ms, deadline: 3s, publish_timeout: 1s, inject: {mqtt: {connection: m, topic: dup/in}}, catch: {mqtt: {connection: m, topic: dup/out}}}")
+        .build();
+    let mut rt = support::start_connected(&config).await;
+    let probe = support::probe(&rt, "dup");
+    wait_for("deliveries", Duration::from_secs(20), || {
+        probe.counts().delivered >= 10
+    })
+    .await;
+    let before = probe.counts();
+    assert_eq!((before.lost, before.publish_failed), (0, 0), "{before:?}");
+
+    broker.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    broker.restart();
+    relay.subscribed(2).await;
+    wait_for(
+        "deliveries after the restart",
+        Duration::from_secs(30),
+        || {
+            let c = probe.counts();
+            assert!(c.invariant_holds(), "{c:?}");
+            c.delivered >= before.delivered + 10
+        },
+    )
+    .await;
+
+    // The first five canaries, delivered before the outage, come again.
+    let again: Vec<Msg> = forwarded.lock().unwrap()[..5].to_vec();
+    let mut sender = MqttPeer::connect(broker.port, None).await;
+    for m in again {
+        sender.publish("dup/out", m.token.as_deref(), m.body).await;
+    }
+    wait_for("the copies", Duration::from_secs(10), || {
+        probe.counts().duplicate == 5
+    })
+    .await;
+    rt.stop_injecting();
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    let c = probe.counts();
+    assert!(c.invariant_holds(), "{c:?}");
+    assert_eq!(c.duplicate, 5, "{c:?}");
+    assert_eq!(c.in_flight, 0, "{c:?}");
+    assert_eq!(c.delivered + c.lost + c.publish_failed, c.sent, "{c:?}");
+    assert_eq!((c.foreign, c.rejected, c.unrelated), (0, 0, 0), "{c:?}");
+    rt.shutdown().await;
+    forwarding.abort();
+}
+
+/// MQTT: QoS 0, 1 and 2 over MQTT 5 and 3.1.1 (where the token travels in
+/// the payload only) all deliver every canary, each publish confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_every_qos_and_both_versions_deliver() {
+    let broker = support::MosquittoServer::start();
+    let probes = [
+        ("v5q0", "m5", 0),
+        ("v5q2", "m5", 2),
+        ("v3q1", "m3", 1),
+        ("v3q2", "m3", 2),
+        // Past rumqttc's 10 KiB default packet limit.
+        ("v5big", "m5", 1),
+        ("v3big", "m3", 1),
+    ];
+    let mut conf = Conf::new()
+        .connection("m5", format!("mqtt: {{url: \"{}\"}}", broker.url()))
+        .connection(
+            "m3",
+            format!("mqtt: {{url: \"{}\", version: \"3.1.1\"}}", broker.url()),
+        );
+    for (name, conn, qos) in probes {
+        let size = if name.ends_with("big") { 100_000 } else { 256 };
+        conf = conf.probe(format!(
+            "{{name: {name}, interval: 50ms, deadline: 2s, payload: {{size: {size}}}, inject: {{mqtt: {{connection: {conn}, topic: q/{name}, qos: {qos}}}}}, catch: {{mqtt: {{connection: {conn}, topic: q/{name}, qos: {qos}}}}}}}"
+        ));
+    }
+    let mut rt = support::start_connected(&conf.build()).await;
+    for (name, _, _) in probes {
+        let probe = support::probe(&rt, name);
+        wait_for(name, Duration::from_secs(20), || {
+            probe.counts().delivered >= 10
+        })
+        .await;
+    }
+    rt.stop_injecting();
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    for (name, _, _) in probes {
+        let c = support::probe(&rt, name).counts();
+        assert!(c.invariant_holds(), "{name}: {c:?}");
+        assert_eq!(
+            (c.delivered, c.lost, c.publish_failed, c.duplicate),
+            (c.sent, 0, 0, 0),
+            "{name}: {c:?}"
+        );
+    }
+    rt.shutdown().await;
+    // The catch clients kept a session (clean start 0), and ended it on
+    // shutdown by connecting once more with a clean one (clean start 1).
+    let log = broker.log();
+    for conn in ["m5", "m3"] {
+        let client = format!(" as chirp-{conn}-catch-");
+        let connects: Vec<&str> = log.lines().filter(|l| l.contains(&client)).collect();
+        assert!(
+            connects.first().is_some_and(|l| l.contains(", c0,")),
+            "{log}"
+        );
+        assert!(
+            connects.last().is_some_and(|l| l.contains(", c1,")),
+            "{log}"
+        );
+    }
+}
+
+/// MQTT: a publish the broker refuses (an MQTT 5 PUBACK saying not
+/// authorized) is `publish_failed{kind="auth"}`, and one a broker never
+/// acknowledges is `publish_failed{kind="timeout"}` after `publish_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_refused_and_unanswered_publishes_fail_with_their_kind() {
+    use chirp::outcome::FailureKind;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Anonymous clients may read everything and write nothing.
+    let dir = support::TempDir::new("mqtt-acl");
+    let acl = dir.write("acl", "topic read #\n");
+    let broker = support::MosquittoServer::start_with(&format!("acl_file {}", acl.display()), true);
+    // A "broker" that accepts the connection and never answers again.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((mut c, _)) = silent.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf).await;
+            // CONNACK (MQTT 5): no session, success, no properties.
+            let _ = c.write_all(&[0x20, 0x03, 0x00, 0x00, 0x00]).await;
+            conns.push(tokio::spawn(async move {
+                while matches!(c.read(&mut buf).await, Ok(n) if n > 0) {}
+            }));
+        }
+    });
+    let config = Conf::new()
+        .connection("m", format!("mqtt: {{url: \"{}\"}}", broker.url()))
+        .connection("s", format!("mqtt: {{url: \"mqtt://127.0.0.1:{silent_port}\"}}"))
+        .probe("{name: denied, interval: 50ms, deadline: 2s, inject: {mqtt: {connection: m, topic: no/in}}, catch: {mqtt: {connection: m, topic: no/in}}}")
+        .probe("{name: unanswered, interval: 50ms, deadline: 2s, publish_timeout: 300ms, inject: {mqtt: {connection: s, topic: void}}, catch: {mqtt: {connection: m, topic: void}}}")
+        .build();
+    let mut rt = support::start_connected(&config).await;
+    let denied = support::probe(&rt, "denied");
+    let unanswered = support::probe(&rt, "unanswered");
+    wait_for("the failures", Duration::from_secs(20), || {
+        denied.counts().publish_failed >= 10 && unanswered.counts().publish_failed >= 10
+    })
+    .await;
+    rt.stop_injecting();
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    let (d, u) = (denied.counts(), unanswered.counts());
+    assert!(d.invariant_holds() && u.invariant_holds(), "{d:?} {u:?}");
+    assert_eq!(d.failed(FailureKind::Auth), d.sent, "{d:?}");
+    assert_eq!(u.failed(FailureKind::Timeout), u.sent, "{u:?}");
+    assert_eq!(d.delivered + u.delivered, 0, "{d:?} {u:?}");
+    rt.shutdown().await;
+    held.abort();
+}
+
+/// MQTT: two probes on one connection whose catch filters overlap. A
+/// broker sends one copy of a message per matching subscription; the
+/// subscription identifiers (MQTT 5) hand each copy to its filter's probe
+/// only, so no copy makes a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_overlapping_filters_of_two_probes_make_no_duplicates() {
+    let broker = support::MosquittoServer::start();
+    let config = Conf::new()
+        .connection("m", format!("mqtt: {{url: \"{}\"}}", broker.url()))
+        .probe("{name: wide, interval: 50ms, deadline: 2s, inject: {mqtt: {connection: m, topic: ov/w}}, catch: {mqtt: {connection: m, topic: \"ov/#\"}}}")
+        .probe("{name: narrow, interval: 50ms, deadline: 2s, inject: {mqtt: {connection: m, topic: ov/n}}, catch: {mqtt: {connection: m, topic: ov/n}}}")
+        .build();
+    let mut rt = support::start_connected(&config).await;
+    let wide = support::probe(&rt, "wide");
+    let narrow = support::probe(&rt, "narrow");
+    wait_for("deliveries", Duration::from_secs(20), || {
+        wide.counts().delivered >= 10 && narrow.counts().delivered >= 10
+    })
+    .await;
+    rt.stop_injecting();
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    let n = narrow.counts();
+    // The wide filter sees the narrow probe's canaries too, once each.
+    wait_for(
+        "the narrow canaries at the wide filter",
+        Duration::from_secs(5),
+        || wide.counts().foreign == n.sent,
+    )
+    .await;
+    let w = wide.counts();
+    assert_eq!((w.delivered, w.duplicate), (w.sent, 0), "{w:?}");
+    assert_eq!(
+        (n.delivered, n.duplicate, n.foreign),
+        (n.sent, 0, 0),
+        "{n:?}"
+    );
+    rt.shutdown().await;
+}
+
+/// MQTT: a reload that changes a connection makes its new clients while
+/// the old ones still run. Their client ids differ, so the broker never
+/// closes one for the other (which would make them take the id from each
+/// other until the old ones close, and the old catch client's clean
+/// goodbye would wipe the new one's session); the probe goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_a_reloaded_connection_takes_over_without_a_fight() {
+    let broker = support::MosquittoServer::start();
+    let conf = |keep_alive: &str| {
+        Conf::new()
+            .connection(
+                "m",
+                format!("mqtt: {{url: \"{}\", keep_alive: {keep_alive}}}", broker.url()),
+            )
+            .probe("{name: r, interval: 50ms, deadline: 2s, inject: {mqtt: {connection: m, topic: r/loop}}, catch: {mqtt: {connection: m, topic: r/loop}}}")
+            .build()
+    };
+    let mut rt = support::start_connected(&conf("30s")).await;
+    let before = support::probe(&rt, "r");
+    wait_for("deliveries", Duration::from_secs(20), || {
+        before.counts().delivered >= 10
+    })
+    .await;
+    rt.reload(&conf("20s"), &tokio_util::sync::CancellationToken::new())
+        .await
+        .expect("the reload applies");
+    let probe = support::probe(&rt, "r");
+    let at = probe.counts().delivered;
+    wait_for(
+        "deliveries after the reload",
+        Duration::from_secs(20),
+        || probe.counts().delivered >= at + 20,
+    )
+    .await;
+    rt.stop_injecting();
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    let c = probe.counts();
+    assert!(c.invariant_holds(), "{c:?}");
+    assert_eq!(c.duplicate, 0, "{c:?}");
+    rt.shutdown().await;
+    let log = broker.log();
+    assert!(
+        !log.contains("already connected, closing old connection"),
+        "{log}"
+    );
+    assert!(
+        log.contains(" as chirp-m-catch-") && log.contains("-1 (p5, c0"),
+        "{log}"
+    );
 }

@@ -10,6 +10,7 @@ mod errors;
 pub mod http;
 pub mod jetstream;
 pub mod kafka;
+pub mod mqtt;
 pub mod nats;
 
 pub use errors::{chain, classify_io};
@@ -30,7 +31,7 @@ use tokio_util::task::TaskTracker;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Transports chirp will have but does not have yet.
-const PLANNED: [&str; 4] = ["mqtt", "pubsub", "sqs", "redis"];
+const PLANNED: [&str; 3] = ["pubsub", "sqs", "redis"];
 
 const ONE_TRANSPORT: &str =
     "name exactly one transport, e.g. `nats: {connection: main, subject: orders.in}`";
@@ -132,6 +133,7 @@ pub enum ConnectionConfig {
     Nats(nats::config::ConnectionConfig),
     Kafka(kafka::config::ConnectionConfig),
     Amqp(amqp::config::ConnectionConfig),
+    Mqtt(mqtt::config::ConnectionConfig),
 }
 
 /// Where a probe's canaries go in.
@@ -142,6 +144,7 @@ pub enum InjectConfig {
     Http(http::config::InjectConfig),
     Kafka(kafka::config::InjectConfig),
     Amqp(amqp::config::InjectConfig),
+    Mqtt(mqtt::config::InjectConfig),
 }
 
 /// Where a probe's canaries come out.
@@ -152,12 +155,14 @@ pub enum CatchConfig {
     Http(http::config::CatchConfig),
     Kafka(kafka::config::CatchConfig),
     Amqp(amqp::config::CatchConfig),
+    Mqtt(mqtt::config::CatchConfig),
 }
 
 one_transport!(ConnectionConfig {
     "nats" => Nats(nats::config::ConnectionConfig),
     "kafka" => Kafka(kafka::config::ConnectionConfig),
     "amqp" => Amqp(amqp::config::ConnectionConfig),
+    "mqtt" => Mqtt(mqtt::config::ConnectionConfig),
 });
 one_transport!(InjectConfig {
     "nats" => Nats(nats::config::InjectConfig),
@@ -165,6 +170,7 @@ one_transport!(InjectConfig {
     "http" => Http(http::config::InjectConfig),
     "kafka" => Kafka(kafka::config::InjectConfig),
     "amqp" => Amqp(amqp::config::InjectConfig),
+    "mqtt" => Mqtt(mqtt::config::InjectConfig),
 });
 one_transport!(CatchConfig {
     "nats" => Nats(nats::config::CatchConfig),
@@ -172,6 +178,7 @@ one_transport!(CatchConfig {
     "http" => Http(http::config::CatchConfig),
     "kafka" => Kafka(kafka::config::CatchConfig),
     "amqp" => Amqp(amqp::config::CatchConfig),
+    "mqtt" => Mqtt(mqtt::config::CatchConfig),
 });
 
 impl ConnectionConfig {
@@ -180,6 +187,7 @@ impl ConnectionConfig {
             ConnectionConfig::Nats(_) => "nats",
             ConnectionConfig::Kafka(_) => "kafka",
             ConnectionConfig::Amqp(_) => "amqp",
+            ConnectionConfig::Mqtt(_) => "mqtt",
         }
     }
 
@@ -189,6 +197,7 @@ impl ConnectionConfig {
             ConnectionConfig::Nats(c) => c.validate(&path, p),
             ConnectionConfig::Kafka(c) => c.validate(&path, p),
             ConnectionConfig::Amqp(c) => c.validate(&path, p),
+            ConnectionConfig::Mqtt(c) => c.validate(&path, p),
         }
     }
 }
@@ -216,6 +225,7 @@ impl InjectConfig {
             InjectConfig::Http(c) => http::config::inject_end(c),
             InjectConfig::Kafka(c) => kafka::config::end(&c.topic, &c.connection),
             InjectConfig::Amqp(c) => amqp::config::inject_end(c),
+            InjectConfig::Mqtt(c) => mqtt::config::end(&c.topic, &c.connection),
         }
     }
 
@@ -236,6 +246,7 @@ impl InjectConfig {
             InjectConfig::Http(c) => c.validate(&path, p),
             InjectConfig::Kafka(c) => c.validate(&path, p),
             InjectConfig::Amqp(c) => c.validate(&path, p),
+            InjectConfig::Mqtt(c) => c.validate(&path, p),
         }
         check_connection(&self.end(), &path, conns, p);
     }
@@ -255,6 +266,7 @@ impl CatchConfig {
             CatchConfig::Http(_) => http::config::catch_end(probe),
             CatchConfig::Kafka(c) => kafka::config::end(&c.topic, &c.connection),
             CatchConfig::Amqp(c) => amqp::config::catch_end(c),
+            CatchConfig::Mqtt(c) => mqtt::config::end(&c.topic, &c.connection),
         }
     }
 
@@ -275,6 +287,7 @@ impl CatchConfig {
             CatchConfig::Http(c) => c.validate(&path, p),
             CatchConfig::Kafka(c) => c.validate(&path, p),
             CatchConfig::Amqp(c) => c.validate(&path, p),
+            CatchConfig::Mqtt(c) => c.validate(&path, p),
         }
         check_connection(&self.end(""), &path, conns, p);
     }
@@ -623,6 +636,7 @@ pub struct Connections {
     nats: BTreeMap<String, nats::Connected>,
     kafka: BTreeMap<String, kafka::Connected>,
     amqp: BTreeMap<String, amqp::Connected>,
+    mqtt: BTreeMap<String, mqtt::Connected>,
     links: Vec<Arc<LinkStatus>>,
 }
 
@@ -658,6 +672,11 @@ pub async fn connect_needed(
                 let conn = amqp::connect(name, c, need.roles, ctx).await?;
                 out.links.extend(conn.links());
                 out.amqp.insert(name.clone(), conn);
+            }
+            ConnectionConfig::Mqtt(c) => {
+                let conn = mqtt::connect(name, c, need.roles, ctx).await?;
+                out.links.extend(conn.links());
+                out.mqtt.insert(name.clone(), conn);
             }
         }
     }
@@ -714,6 +733,11 @@ impl Connections {
                 )
                 .await?
             }
+            InjectConfig::Mqtt(c) => Arc::new(mqtt::inject::MqttInject::new(
+                named(&self.mqtt, &c.connection)?,
+                c,
+                publish_timeout,
+            )?),
         })
     }
 
@@ -738,6 +762,9 @@ impl Connections {
             CatchConfig::Amqp(c) => {
                 amqp::catch::start(named(&self.amqp, &c.connection)?, c, sink, ctx).await?
             }
+            CatchConfig::Mqtt(c) => {
+                mqtt::catch::start(named(&self.mqtt, &c.connection)?, c, sink, ctx).await?
+            }
         })
     }
 
@@ -760,6 +787,9 @@ impl Connections {
             if let Some(c) = self.amqp.remove(name) {
                 out.amqp.insert(name.clone(), c);
             }
+            if let Some(c) = self.mqtt.remove(name) {
+                out.mqtt.insert(name.clone(), c);
+            }
         }
         let (gone, kept) = std::mem::take(&mut self.links)
             .into_iter()
@@ -774,6 +804,7 @@ impl Connections {
         self.nats.extend(other.nats);
         self.kafka.extend(other.kafka);
         self.amqp.extend(other.amqp);
+        self.mqtt.extend(other.mqtt);
         self.links.extend(other.links);
     }
 
@@ -786,5 +817,7 @@ impl Connections {
             a.close().await;
         }
         drop(self.nats);
+        // Ends their event loop tasks, which disconnect.
+        drop(self.mqtt);
     }
 }

@@ -10,6 +10,7 @@ mod habits;
 mod image;
 mod limits;
 mod listener;
+mod mqtt;
 mod process;
 mod reload;
 mod reports;

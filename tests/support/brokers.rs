@@ -1,5 +1,5 @@
 //! Brokers the tests start themselves, on free ports with their own data
-//! directories, and can kill and restart: nats-server, tansu (a
+//! directories, and can kill and restart: nats-server, mosquitto, tansu (a
 //! Kafka-compatible broker) and librdkafka's mock cluster (in this process).
 
 use super::{find_bin, free_port, TempDir};
@@ -242,6 +242,92 @@ impl Drop for RabbitMq {
                 _ => std::thread::sleep(Duration::from_millis(100)),
             }
         }
+    }
+}
+
+/// A mosquitto broker started by the test with its own configuration file,
+/// listening on 127.0.0.1 only, stopped on drop.
+pub struct MosquittoServer {
+    pub port: u16,
+    bin: PathBuf,
+    dir: TempDir,
+    /// Lines for the listener (TLS files, a password file).
+    listener: String,
+    anonymous: bool,
+    child: Option<Child>,
+}
+
+impl MosquittoServer {
+    /// Anonymous clients, nothing kept across restarts.
+    pub fn start() -> MosquittoServer {
+        Self::start_with("", true)
+    }
+
+    /// `listener` lines follow the `listener` line (e.g. `certfile …`);
+    /// `anonymous` false needs a `password_file`.
+    pub fn start_with(listener: &str, anonymous: bool) -> MosquittoServer {
+        let mut s = MosquittoServer {
+            port: free_port(),
+            bin: find_bin("mosquitto", "mosquitto"),
+            dir: TempDir::new("mosquitto"),
+            listener: listener.to_owned(),
+            anonymous,
+            child: None,
+        };
+        s.restart();
+        s
+    }
+
+    /// The broker's own directory (for certificates, password files).
+    pub fn dir(&self) -> &TempDir {
+        &self.dir
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (or starts again) on the same port, and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let conf = format!(
+            "per_listener_settings false\nset_tcp_nodelay true\nallow_anonymous {}\npersistence false\nlog_dest stderr\nlog_type all\nlistener {} 127.0.0.1\n{}\n",
+            self.anonymous, self.port, self.listener
+        );
+        let conf = self.dir.write("mosquitto.conf", conf);
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("mosquitto.log"))
+            .expect("log file");
+        let child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start mosquitto");
+        self.child = Some(child);
+        wait_for_port(self.port, "mosquitto");
+    }
+
+    /// What the broker logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Kills the broker abruptly (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for MosquittoServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

@@ -10,7 +10,7 @@ pub mod otlp;
 pub mod targets;
 
 #[allow(unused_imports)]
-pub use brokers::NatsServer;
+pub use brokers::{MosquittoServer, NatsServer};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -214,6 +214,22 @@ pub async fn start(config: &chirp::config::Config) -> chirp::runtime::Runtime {
     chirp::runtime::Runtime::start(config, chirp::runtime::Options::run(config.listen.address))
         .await
         .expect("chirp starts")
+}
+
+/// Starts chirp as `run` does, except that every connection is made
+/// before the first canary (as `check` does), so none fails while a client
+/// is still connecting.
+pub async fn start_connected(config: &chirp::config::Config) -> chirp::runtime::Runtime {
+    chirp::runtime::Runtime::start(
+        config,
+        chirp::runtime::Options {
+            fail_fast: true,
+            reload: false,
+            ..chirp::runtime::Options::run(config.listen.address)
+        },
+    )
+    .await
+    .expect("chirp starts")
 }
 
 /// Starts chirp as `check` does: fail if a broker is unreachable, send

@@ -3,7 +3,7 @@
 //! line to the list in `tests/faults.rs`; every scenario (relay faults,
 //! broker or endpoint restart, garbage at the sink) then runs on it.
 
-use super::brokers::{create_topics, NatsServer, RabbitMq, Tansu};
+use super::brokers::{create_topics, MosquittoServer, NatsServer, RabbitMq, Tansu};
 use super::{free_port, KEY};
 use axum::body::Bytes;
 use axum::http::HeaderMap;
@@ -677,6 +677,210 @@ impl Target for Rabbit {
     }
 
     fn tolerance(&self) -> Duration {
+        Duration::from_millis(25)
+    }
+
+    fn outage_kind(&self) -> FailureKind {
+        FailureKind::Unavailable
+    }
+}
+
+// ---------------------------------------------------------------- MQTT
+
+/// A test's own MQTT 5 client: an event loop task that reconnects (and
+/// subscribes `topic` again on every connection), handing incoming
+/// messages to `messages` and acks to `acks`.
+pub struct MqttPeer {
+    pub client: rumqttc::v5::AsyncClient,
+    pub messages: tokio::sync::mpsc::UnboundedReceiver<Msg>,
+    acks: tokio::sync::mpsc::UnboundedReceiver<()>,
+    subscribed: tokio::sync::watch::Receiver<u64>,
+    task: JoinHandle<()>,
+}
+
+impl MqttPeer {
+    pub async fn connect(port: u16, topic: Option<&str>) -> MqttPeer {
+        use rumqttc::v5::{mqttbytes::QoS, Event, Incoming};
+        let id = format!("test-{}", rand::random::<u32>());
+        let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(5));
+        let mut net = o.network_options();
+        net.set_tcp_nodelay(true);
+        o.set_network_options(net);
+        let (client, mut events) = rumqttc::v5::AsyncClient::new(o, 1000);
+        let (msg_tx, messages) = tokio::sync::mpsc::unbounded_channel();
+        let (ack_tx, acks) = tokio::sync::mpsc::unbounded_channel();
+        let (sub_tx, subscribed) = tokio::sync::watch::channel(0u64);
+        let (c, topic) = (client.clone(), topic.map(str::to_owned));
+        let peer_topic = topic.is_some();
+        let task = tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                        if let Some(t) = &topic {
+                            c.subscribe(t.clone(), QoS::AtLeastOnce).await.unwrap();
+                        }
+                    }
+                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                        sub_tx.send_modify(|n| *n += 1);
+                    }
+                    Ok(Event::Incoming(Incoming::PubAck(_))) => {
+                        let _ = ack_tx.send(());
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        let token = p.properties.as_ref().and_then(|props| {
+                            props
+                                .user_properties
+                                .iter()
+                                .find(|(k, _)| k == HEADER)
+                                .map(|(_, v)| v.clone())
+                        });
+                        let _ = msg_tx.send(Msg {
+                            token,
+                            body: p.payload.to_vec(),
+                            to: None,
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        let peer = MqttPeer {
+            client,
+            messages,
+            acks,
+            subscribed,
+            task,
+        };
+        if peer_topic {
+            peer.subscribed(1).await;
+        }
+        peer
+    }
+
+    /// Waits until the subscription was granted `n` times in all (once per connection).
+    pub async fn subscribed(&self, n: u64) {
+        let mut s = self.subscribed.clone();
+        tokio::time::timeout(Duration::from_secs(30), s.wait_for(|x| *x >= n))
+            .await
+            .expect("the test client subscribed again")
+            .expect("its event loop runs");
+    }
+
+    /// Publishes with QoS 1 (the token in the user property) and waits for the PUBACK.
+    pub async fn publish(&mut self, topic: &str, token: Option<&str>, body: Vec<u8>) {
+        mqtt_send(&self.client, topic, token, body).await;
+        tokio::time::timeout(Duration::from_secs(10), self.acks.recv())
+            .await
+            .expect("a PUBACK within 10 s")
+            .expect("the event loop runs");
+    }
+}
+
+impl Drop for MqttPeer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Queues a QoS 1 publish with `token` in the `Chirp-Token` user property.
+pub async fn mqtt_send(
+    client: &rumqttc::v5::AsyncClient,
+    topic: &str,
+    token: Option<&str>,
+    body: Vec<u8>,
+) {
+    let props = rumqttc::v5::mqttbytes::v5::PublishProperties {
+        user_properties: token
+            .map(|t| vec![(HEADER.to_owned(), t.to_owned())])
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    client
+        .publish_with_properties(
+            topic,
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            body,
+            props,
+        )
+        .await
+        .expect("publish");
+}
+
+pub struct Mqtt {
+    pub server: MosquittoServer,
+}
+
+impl Target for Mqtt {
+    async fn start(_chirp_port: u16) -> Self {
+        Mqtt {
+            server: MosquittoServer::start(),
+        }
+    }
+
+    fn connection(&self) -> Option<(String, String)> {
+        Some((
+            "m".into(),
+            format!("mqtt: {{url: \"{}\"}}", self.server.url()),
+        ))
+    }
+
+    fn inject(&self, dest: &str) -> String {
+        format!("{{mqtt: {{connection: m, topic: {dest}}}}}")
+    }
+
+    fn catch(&self, dest: &str) -> String {
+        self.inject(dest)
+    }
+
+    async fn prepare(&self, _dests: &[&str]) {}
+
+    async fn relay(&self, from: &str, to: &str, _probe: &str, plan: Plan) -> JoinHandle<()> {
+        let mut peer = MqttPeer::connect(self.server.port, Some(from)).await;
+        let client = peer.client.clone();
+        let to = to.to_owned();
+        let queue = forwarder(move |m: Msg| {
+            let (c, to) = (client.clone(), m.to.clone().unwrap_or_else(|| to.clone()));
+            async move { mqtt_send(&c, &to, m.token.as_deref(), m.body).await }
+        });
+        tokio::spawn(async move {
+            let mut relay = Relay::new(plan);
+            while let Some(m) = peer.messages.recv().await {
+                let _ = queue.send(relay.on(m));
+            }
+        })
+    }
+
+    async fn publish(&self, dest: &str, _probe: &str, token: Option<&str>, body: Vec<u8>) {
+        let mut peer = MqttPeer::connect(self.server.port, None).await;
+        peer.publish(dest, token, body).await;
+    }
+
+    async fn looped(&self, name: &str) -> Looped {
+        let dest = format!("{name}/loop");
+        Looped {
+            inject: self.inject(&dest),
+            catch: self.catch(&dest),
+            dest,
+        }
+    }
+
+    fn kill(&mut self) {
+        self.server.kill();
+    }
+
+    async fn restart(&mut self) {
+        self.server.restart();
+    }
+
+    fn reports_down(&self) -> bool {
+        true
+    }
+
+    fn tolerance(&self) -> Duration {
+        // Scheduling, loopback, two broker hops and their PUBACKs on a busy 2-core machine.
         Duration::from_millis(25)
     }
 
