@@ -1,10 +1,10 @@
 //! Benchmark: chirp next to a raw client loop on the same broker, in one
-//! run, for the transports with a broker acknowledgement: JetStream (PubAck)
-//! and RabbitMQ (publisher confirms). Same rate, message size and layout;
+//! run, for the transports with a broker acknowledgement: JetStream (PubAck),
+//! MQTT (QoS 1 PUBACK) and RabbitMQ (publisher confirms). Same rate, message size and layout;
 //! both measure end-to-end latency from the intended slot and the publish
 //! latency (send → broker's ack). Run with
-//! `cargo bench --bench transports_baseline` (needs nats-server and
-//! rabbitmq-server). Figures only: nothing here asserts a speed.
+//! `cargo bench --bench transports_baseline` (needs nats-server, mosquitto
+//! and rabbitmq-server). Figures only: nothing here asserts a speed.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -176,6 +176,47 @@ async fn raw_rabbit(t: &support::targets::Rabbit) -> Raw {
     }
 }
 
+async fn raw_mqtt(port: u16) -> Raw {
+    let mut sub = support::targets::MqttPeer::connect(port, Some("bench/raw")).await;
+    sub.subscribed(1).await;
+    let mut publisher = support::targets::MqttPeer::connect(port, None).await;
+    let start = Instant::now();
+    let collector = tokio::spawn(async move {
+        let mut e2e = Histogram::<u64>::new(3).expect("histogram");
+        while let Some(m) = sub.messages.recv().await {
+            let now = start.elapsed().as_micros() as u64;
+            e2e.record(now.saturating_sub(slot_of(&m.body)))
+                .expect("record");
+            if e2e.len() == COUNT {
+                break;
+            }
+        }
+        e2e
+    });
+    let mut publish = Histogram::<u64>::new(3).expect("histogram");
+    for i in 0..COUNT {
+        let intended = start + INTERVAL * i as u32;
+        tokio::time::sleep_until(intended).await;
+        let sent = Instant::now();
+        // QoS 1, and the PUBACK awaited, as chirp does by default.
+        publisher
+            .publish("bench/raw", None, payload(start, intended))
+            .await;
+        publish
+            .record(sent.elapsed().as_micros() as u64)
+            .expect("record");
+    }
+    let e2e = tokio::time::timeout(Duration::from_secs(30), collector)
+        .await
+        .expect("all back")
+        .expect("collector");
+    Raw {
+        start,
+        e2e,
+        publish,
+    }
+}
+
 /// chirp's loop through `inject`/`catch` on `connection`: its end-to-end
 /// and publish latency histograms, rebuilt from its summaries' percentiles.
 async fn chirp(connection: (&str, String), inject: &str, catch: &str, name: &str) {
@@ -232,6 +273,22 @@ fn main() {
                     "{jetstream: {connection: main, subject: bench.chirp}}",
                     "{jetstream: {connection: main, stream: bench_chirp}}",
                     "jetstream: chirp",
+                )
+                .await;
+            }
+        }
+    });
+    let mosquitto = support::brokers::MosquittoServer::start();
+    rt.block_on(async {
+        for round in 0..2 {
+            let r = raw_mqtt(mosquitto.port).await;
+            row("mqtt: raw loop", &r.e2e, &r.publish);
+            if round == 0 {
+                chirp(
+                    ("main", format!("mqtt: {{url: \"{}\"}}", mosquitto.url())),
+                    "{mqtt: {connection: main, topic: bench/chirp}}",
+                    "{mqtt: {connection: main, topic: bench/chirp}}",
+                    "mqtt: chirp",
                 )
                 .await;
             }
