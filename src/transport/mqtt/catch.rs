@@ -42,7 +42,10 @@ pub async fn start(
         let what = format!("connection `{}`", cfg.connection);
         SetupError::new(what, false, "no client for catches")
     })?;
-    let (id, ready) = link.subscribe(&cfg.topic, cfg.qos, sink);
+    // At most QoS 1: a QoS 2 session resumed after a blip makes the broker
+    // resend PUBRELs the client has forgotten, and it drops the connection
+    // for each. QoS 1's duplicates are counted by the ledger anyway.
+    let (id, ready) = link.subscribe(&cfg.topic, cfg.qos.min(1), sink);
     let (l, stop) = (Arc::clone(&link), ctx.stop.clone());
     ctx.tasks.spawn(async move {
         stop.cancelled().await;

@@ -184,6 +184,9 @@ impl EventLoop {
         match self {
             EventLoop::V5(l) => {
                 l.clean();
+                // clean() keeps a publish waiting for its packet id: it
+                // would block every later publish after the reconnect.
+                l.state.collision = None;
                 l.pending.clear();
                 l.state.events.retain(|e| {
                     keep_messages && matches!(e, v5::Event::Incoming(v5::Incoming::Publish(_)))
@@ -191,6 +194,7 @@ impl EventLoop {
             }
             EventLoop::V311(l) => {
                 l.clean();
+                l.state.collision = None;
                 l.pending.clear();
                 l.state.events.retain(|e| {
                     keep_messages

@@ -131,11 +131,12 @@ impl ConnectionConfig {
             p.add(path, "`user` needs a `password`");
         }
         if let Some(k) = self.keep_alive {
-            // The keep-alive field of CONNECT counts whole seconds, at most u16::MAX.
-            if k < Duration::from_secs(1) || k > Duration::from_secs(u16::MAX as u64) {
+            // The keep-alive field of CONNECT counts whole seconds, at most
+            // u16::MAX; the MQTT 5 client refuses (panics on) less than 5 s.
+            if k < Duration::from_secs(5) || k > Duration::from_secs(u16::MAX as u64) {
                 p.add(
                     format!("{path}.keep_alive"),
-                    "must be between 1s and 18h12m15s (whole seconds)",
+                    "must be between 5s and 18h12m15s (whole seconds)",
                 );
             }
         }

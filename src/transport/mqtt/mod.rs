@@ -331,17 +331,21 @@ impl Link {
         let s = &mut *guard;
         self.up.store(false, Ordering::Release);
         events.forget(!s.subs.is_empty());
-        let waiters: Vec<Waiter> = s
-            .unsent
-            .drain(..)
-            .chain(s.collided.take())
-            .chain(s.sent.drain().map(|(_, w)| w))
-            .collect();
+        // Never written (forgotten above): the broker never had them, so
+        // they failed to publish; blaming the pipeline (lost) would be wrong.
+        let unsent: Vec<Waiter> = s.unsent.drain(..).chain(s.collided.take()).collect();
+        let written: Vec<Waiter> = s.sent.drain().map(|(_, w)| w).collect();
         s.subscribing.clear();
         s.awaiting.clear();
         drop(guard);
-        // Still in flight: the broker may have it, the catch side decides.
-        for w in waiters {
+        for w in unsent {
+            w.answer(Err(PublishError::new(
+                FailureKind::Unavailable,
+                "the connection to the MQTT broker was lost before the publish was written",
+            )));
+        }
+        // Written: the broker may have it, the catch side decides.
+        for w in written {
             w.answer(Ok(Ack::Unconfirmed));
         }
     }
@@ -373,8 +377,12 @@ impl Link {
                     if pkid == 0 || w.qos == 0 {
                         // QoS 0: written is all there is.
                         w.answer(Ok(Ack::Confirmed));
-                    } else {
-                        s.sent.insert(pkid, w);
+                    } else if let Some(old) = s.sent.insert(pkid, w) {
+                        // rumqttc frees a QoS 2 packet id at PUBREC and may
+                        // reuse it before the PUBCOMP: the older publish can
+                        // no longer be told apart, so it stays in flight.
+                        tracing::debug!(connection = %self.name, pkid, "MQTT packet id reused before its PUBCOMP.");
+                        old.answer(Ok(Ack::Unconfirmed));
                     }
                 }
             }

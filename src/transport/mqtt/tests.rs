@@ -85,6 +85,12 @@ fn connections_are_checked() {
         "{said:?}"
     );
     assert!(problems(|p| conn("mqtts://h:8883").validate("c", p)).is_empty());
+    // Under 5 s the MQTT 5 client would panic at start: refused here.
+    for (secs, ok) in [(4, false), (5, true)] {
+        let mut c = conn("mqtt://h");
+        c.keep_alive = Some(Duration::from_secs(secs));
+        assert_eq!(problems(|p| c.validate("c", p)).is_empty(), ok, "{secs}s");
+    }
 }
 
 #[test]
