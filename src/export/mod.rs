@@ -7,3 +7,4 @@ pub mod listener;
 pub mod otlp;
 pub mod process;
 pub mod prometheus;
+pub mod sources;

@@ -201,12 +201,34 @@ impl Ledger {
 
     /// One of our canaries was caught at `now`.
     pub fn caught(&mut self, seq: u64, now: Instant, events: &mut Events) -> Arrival {
+        self.arrived(seq, now, false, events)
+    }
+
+    /// One of our canaries was caught at `now` on the pipeline's
+    /// dead-letter queue. Before its deadline, and not caught before, it
+    /// resolves as dead-lettered; after a delivery (or a first
+    /// dead-lettering) it is a duplicate; after its deadline, late. It does
+    /// not count as a catch for silence: the pipeline's output saw nothing.
+    pub fn dead_lettered(&mut self, seq: u64, now: Instant, events: &mut Events) -> Arrival {
+        self.arrived(seq, now, true, events)
+    }
+
+    /// A catch at the catch point, or (`dead_letter`) at the dead-letter queue.
+    fn arrived(
+        &mut self,
+        seq: u64,
+        now: Instant,
+        dead_letter: bool,
+        events: &mut Events,
+    ) -> Arrival {
         if seq >= self.next_seq {
             self.counts.rejected += 1;
             return Arrival::NeverSent;
         }
-        self.last_caught = self.last_caught.max(now);
-        self.ever_caught = true;
+        if !dead_letter {
+            self.last_caught = self.last_caught.max(now);
+            self.ever_caught = true;
+        }
         let intended = self.intended(seq);
         let deadline = self.deadline;
         let highest = self.highest_delivered;
@@ -225,6 +247,11 @@ impl Ledger {
                     self.resolve(seq, Resolution::Lost, now, events);
                     return Arrival::Late;
                 }
+                if dead_letter {
+                    *state = State::DeadLettered;
+                    self.resolve(seq, Resolution::DeadLettered, now, events);
+                    return Arrival::DeadLettered { latency };
+                }
                 *state = State::Delivered;
                 let reordered = highest.is_some_and(|h| h > seq);
                 if reordered {
@@ -235,46 +262,6 @@ impl Ledger {
                 self.e2e.record(latency, now);
                 self.resolve(seq, Resolution::Delivered { latency }, now, events);
                 Arrival::Delivered { latency, reordered }
-            }
-            State::Delivered | State::DeadLettered => {
-                self.counts.duplicate += 1;
-                Arrival::Duplicate
-            }
-            State::Lost | State::PublishFailed => {
-                self.counts.late += 1;
-                Arrival::Late
-            }
-        }
-    }
-
-    /// One of our canaries was caught at `now` on the pipeline's
-    /// dead-letter queue. Before its deadline, and not caught before, it
-    /// resolves as dead-lettered; after a delivery (or a first
-    /// dead-lettering) it is a duplicate; after its deadline, late. It does
-    /// not count as a catch for silence: the pipeline's output saw nothing.
-    pub fn dead_lettered(&mut self, seq: u64, now: Instant, events: &mut Events) -> Arrival {
-        if seq >= self.next_seq {
-            self.counts.rejected += 1;
-            return Arrival::NeverSent;
-        }
-        let intended = self.intended(seq);
-        let deadline = self.deadline;
-        let Some(state) = self.state_mut(seq) else {
-            self.counts.late += 1;
-            return Arrival::Late;
-        };
-        match *state {
-            State::InFlight => {
-                let latency = now.saturating_duration_since(intended);
-                if latency >= deadline {
-                    *state = State::Lost;
-                    self.counts.late += 1;
-                    self.resolve(seq, Resolution::Lost, now, events);
-                    return Arrival::Late;
-                }
-                *state = State::DeadLettered;
-                self.resolve(seq, Resolution::DeadLettered, now, events);
-                Arrival::DeadLettered { latency }
             }
             State::Delivered | State::DeadLettered => {
                 self.counts.duplicate += 1;

@@ -8,12 +8,11 @@
 //! and if it is caught later it counts as `late` (its outcome stays).
 
 use super::config::InjectConfig;
-use crate::canary;
 use crate::outcome::FailureKind;
 use crate::transport::nats::{is_connected, Connected};
 use crate::transport::{Ack, Confirm, Context, Inject, Outgoing, PublishError, SetupError};
 use async_nats::jetstream::context::{PublishError as JsPublishError, PublishErrorKind};
-use async_nats::{Client, HeaderMap};
+use async_nats::Client;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,15 +105,8 @@ impl Inject for JetStreamInject {
                 "not connected to NATS",
             ));
         }
-        let mut headers = HeaderMap::new();
-        for (k, v) in &self.headers {
-            headers.insert(k.as_str(), v.as_str());
-        }
-        headers.insert(canary::HEADER, msg.token.as_str());
+        let mut headers = crate::transport::nats::inject::headers(&self.headers, &msg);
         headers.insert(MSG_ID, msg.token.as_str());
-        if let Some(tp) = &msg.traceparent {
-            headers.insert(canary::TRACEPARENT, tp.as_str());
-        }
         let publish = self
             .js
             .publish_with_headers(self.subject.clone(), headers, msg.body);

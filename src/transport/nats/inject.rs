@@ -51,14 +51,7 @@ impl Inject for NatsInject {
                 "not connected to NATS",
             ));
         }
-        let mut headers = HeaderMap::new();
-        for (k, v) in &self.headers {
-            headers.insert(k.as_str(), v.as_str());
-        }
-        headers.insert(canary::HEADER, msg.token.as_str());
-        if let Some(tp) = &msg.traceparent {
-            headers.insert(canary::TRACEPARENT, tp.as_str());
-        }
+        let headers = headers(&self.headers, &msg);
         let publish = self
             .client
             .publish_with_headers(self.subject.clone(), headers, msg.body);
@@ -86,6 +79,20 @@ impl Inject for NatsInject {
     fn is_up(&self) -> bool {
         is_connected(&self.client)
     }
+}
+
+/// A canary's NATS headers: the configured ones, `Chirp-Token` and, when
+/// tracing, `traceparent` (JetStream adds its `Nats-Msg-Id`).
+pub(crate) fn headers(extra: &[(String, String)], msg: &Outgoing) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (k, v) in extra {
+        headers.insert(k.as_str(), v.as_str());
+    }
+    headers.insert(canary::HEADER, msg.token.as_str());
+    if let Some(tp) = &msg.traceparent {
+        headers.insert(canary::TRACEPARENT, tp.as_str());
+    }
+    headers
 }
 
 pub(super) fn classify(e: async_nats::PublishError) -> PublishError {
