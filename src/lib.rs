@@ -3,7 +3,7 @@
 //! hands them out, and reports what happened to every one of them.
 //!
 //! Layers, imports pointing down only (`tests/layering.rs` checks it):
-//! `canary`, `outcome`, `stats`, `version`, `config::{secret, vars, limits, errors, tls, de}`
+//! `canary`, `outcome`, `stats`, `timer`, `version`, `config::{secret, vars, limits, errors, tls, de}`
 //! → `transport` → `config` → `probe::ledger` → `probe` → `slo`, `history`
 //! → `report` → `export` → `runtime`, `server`, `cmd`.
 #![forbid(unsafe_code)]
@@ -24,6 +24,7 @@ pub mod runtime;
 pub mod server;
 pub mod slo;
 pub mod stats;
+pub mod timer;
 pub mod transport;
 pub mod version;
 pub use version::REVISION;

@@ -12,11 +12,12 @@ use crate::export::listener::ListenerStats;
 use crate::export::otlp::{ExportSetupError, Telemetry};
 use crate::history::History;
 use crate::outcome::Observer;
-use crate::probe::Probe;
+use crate::probe::{Probe, Schedule};
 use crate::report::Watched;
 use crate::server::tls::{Tls, TlsError};
 use crate::server::{self, AppState, ReloadRequest};
 use crate::slo::SloObserver;
+use crate::timer::Timer;
 use crate::transport::{
     self, CatchConfig, CatchSink, Connections, Context, InjectConfig, Need, SetupError,
 };
@@ -341,7 +342,6 @@ impl Runtime {
             ctx.signer.clone(),
             partitions.as_deref(),
             observers,
-            self.tasks.clone(),
         ));
         if let Some(old) = predecessor {
             probe.inherit(&old.probe);
@@ -372,9 +372,12 @@ impl Runtime {
         inject.spawn(Arc::clone(&probe).inject_loop(
             inject_stop.clone(),
             self.abort.clone(),
-            phase,
-            self.opts.count,
-            self.opts.duration,
+            Schedule {
+                phase,
+                limit: self.opts.count,
+                duration: self.opts.duration,
+                timer: Timer::precise(),
+            },
         ));
         inject.close();
         Ok(Started {

@@ -13,6 +13,7 @@ const RANKS: &[(&str, u32)] = &[
     ("canary", 0),
     ("outcome", 0),
     ("stats", 0),
+    ("timer", 0),
     ("config::errors", 0),
     ("config::limits", 0),
     ("config::secret", 0),

@@ -9,13 +9,35 @@ pub mod ledger;
 use crate::canary::{self, Signer, Token, TokenError};
 use crate::config::ProbeConfig;
 use crate::outcome::{Arrival, Counts, FailureKind, LaneId, LedgerEvent, Observer, Stray, Verdict};
-use crate::transport::{chain, Ack, CatchHandle, CatchSink, Caught, Inject, Outgoing};
+use crate::timer::{self, Timer};
+use crate::transport::{
+    chain, Ack, CatchHandle, CatchSink, Caught, Inject, Outgoing, PublishError,
+};
+use futures::stream::{FuturesUnordered, StreamExt};
 use ledger::{Events, Ledger, Snapshot};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+
+/// A canary's confirmation as it comes back: its lane, sequence, when its
+/// send began, and what the broker said.
+type Confirmed = (Arc<Lane>, u64, Instant, Result<Ack, PublishError>);
+type Confirming = Pin<Box<dyn Future<Output = Confirmed> + Send>>;
+
+/// When a probe's canaries go out.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// Where in its interval the probe's slots fall (probes are spread).
+    pub phase: Duration,
+    /// Stop after this many canaries per lane.
+    pub limit: Option<u64>,
+    /// Stop sending after this long.
+    pub duration: Option<Duration>,
+    pub timer: Timer,
+}
 
 /// How long a probe waits for its catch side before its schedule starts anyway.
 const READY_WAIT: Duration = Duration::from_secs(2);
@@ -65,8 +87,6 @@ pub struct Probe {
     catch: OnceLock<Arc<dyn CatchHandle>>,
     /// The catch point on the pipeline's dead-letter queue, if any.
     dead_letter: OnceLock<Arc<dyn CatchHandle>>,
-    /// Publish confirmations run here, so shutdown can wait for them.
-    tasks: TaskTracker,
     last_failure: Mutex<Option<PublishFailure>>,
 }
 
@@ -87,7 +107,6 @@ impl Probe {
         signer: Signer,
         partitions: Option<&[i32]>,
         observers: Vec<Arc<dyn Observer>>,
-        tasks: TaskTracker,
     ) -> Self {
         let probe = Probe {
             config,
@@ -100,7 +119,6 @@ impl Probe {
             inject: OnceLock::new(),
             catch: OnceLock::new(),
             dead_letter: OnceLock::new(),
-            tasks,
             last_failure: Mutex::new(None),
         };
         let now = Instant::now();
@@ -289,22 +307,28 @@ impl Probe {
             .min()
     }
 
-    /// Once the catch side is ready, starts the schedule `phase` later and
-    /// sends canaries until `stop`, or until `limit` canaries were sent (per
-    /// lane) or `duration` has passed. Also sweeps expired canaries. `abort`
-    /// gives up a send still waiting on its client (at the end of shutdown).
+    /// Once the catch side is ready, starts the schedule `schedule.phase`
+    /// later (on the timer's grid) and sends canaries until `stop`, or until
+    /// `limit` canaries were sent (per lane) or `duration` has passed. Also
+    /// sweeps expired canaries and records publish confirmations; after
+    /// `stop` it waits for the confirmations still due. `abort` gives up a
+    /// send or confirmation still waiting on its client (at the end of shutdown).
     pub async fn inject_loop(
         self: Arc<Self>,
         stop: CancellationToken,
         abort: CancellationToken,
-        phase: Duration,
-        limit: Option<u64>,
-        duration: Option<Duration>,
+        schedule: Schedule,
     ) {
         let (Some(inject), Some(catch)) = (self.inject.get().cloned(), self.catch.get().cloned())
         else {
             return;
         };
+        let Schedule {
+            phase,
+            limit,
+            duration,
+            timer,
+        } = schedule;
         // Wait a moment for the catch side to be confirmed listening, so the
         // first canaries are not missed by a subscription on its way; but an
         // unreachable broker must not keep the schedule from starting: its
@@ -327,7 +351,8 @@ impl Probe {
                 "The catch side is not confirmed listening yet; starting the schedule anyway."
             ),
         }
-        let start = Instant::now() + phase;
+        // On the grid, so that probes' slots coincide and share wake-ups.
+        let start = timer::align(Instant::now() + phase);
         for lane in self.lanes() {
             lane.ledger().start_schedule(start);
         }
@@ -339,14 +364,16 @@ impl Probe {
         };
         // Partitions found since the probe was made, or since the last pass, get lanes.
         let sync_lanes = |rx: &mut tokio::sync::watch::Receiver<Vec<i32>>| {
-            let now = Instant::now();
+            let at = timer::align(Instant::now().max(start));
             for p in rx.borrow_and_update().iter() {
-                self.add_lane(*p as u32, Some(*p), now.max(start));
+                self.add_lane(*p as u32, Some(*p), at);
             }
         };
         if let Some(rx) = partitions.as_mut() {
             sync_lanes(rx);
         }
+        // Publish confirmations awaited here, not in a task per canary.
+        let mut confirms: FuturesUnordered<Confirming> = FuturesUnordered::new();
         loop {
             if let Some(rx) = partitions.as_mut() {
                 if rx.has_changed().unwrap_or(false) {
@@ -387,11 +414,25 @@ impl Probe {
             let Some(slot) = next_slot else { break };
             // Wake for the next slot, or earlier when a canary's deadline
             // passes, so `lost` is declared on time even with long intervals.
+            // Deadlines need no precision: tokio's timer keeps them.
             let wake_for_expiry = next_expiry.filter(|e| *e < slot);
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep_until(wake_for_expiry.unwrap_or(slot)) => {}
+            let wake = async {
+                match wake_for_expiry {
+                    Some(e) => tokio::time::sleep_until(e).await,
+                    None => timer.sleep_until(slot).await,
+                }
+            };
+            tokio::pin!(wake);
+            let stopped = loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break true,
+                    _ = &mut wake => break false,
+                    Some(c) = confirms.next(), if !confirms.is_empty() => self.confirmed(c),
+                }
+            };
+            if stopped {
+                break;
             }
             if wake_for_expiry.is_some() {
                 self.expire(Instant::now());
@@ -403,19 +444,35 @@ impl Probe {
             for lane in &lanes {
                 let (seq, intended) = lane.ledger().next_slot();
                 if intended <= now && !done(seq, intended) {
-                    self.send_one(&inject, lane, &abort).await;
+                    let sent = tokio::select! {
+                        biased;
+                        // Shutting down: the canary stays in flight, reported as such.
+                        _ = abort.cancelled() => return,
+                        c = self.send_one(&inject, lane) => c,
+                    };
+                    if let Some(c) = sent {
+                        confirms.push(c);
+                    }
                 }
+            }
+        }
+        // Stopped: the confirmations of canaries already sent still count.
+        while !confirms.is_empty() {
+            tokio::select! {
+                biased;
+                _ = abort.cancelled() => break,
+                Some(c) = confirms.next() => self.confirmed(c),
             }
         }
     }
 
-    /// Registers the lane's next canary as sent and hands it to the injector.
+    /// Registers the lane's next canary as sent and hands it to the
+    /// injector; returns its confirmation to wait for, if it was sent.
     async fn send_one(
         self: &Arc<Self>,
         inject: &Arc<dyn Inject>,
         lane: &Arc<Lane>,
-        abort: &CancellationToken,
-    ) {
+    ) -> Option<Confirming> {
         // Only this loop sends on a lane, so the next slot stays the next one
         // while the observers get ready for it (a trace observer opens its
         // span before anything can resolve the canary).
@@ -441,7 +498,7 @@ impl Probe {
                 "not sent: the schedule was behind by more than the deadline".into(),
             );
             self.failed(lane, seq, FailureKind::Timeout);
-            return;
+            return None;
         }
         let fields = Token {
             probe: self.config.name.clone(),
@@ -460,45 +517,41 @@ impl Probe {
             traceparent,
         };
         let started = Instant::now();
-        let sent = tokio::select! {
-            biased;
-            // Shutting down: the canary stays in flight, reported as such.
-            _ = abort.cancelled() => return,
-            r = inject.send(msg) => r,
-        };
-        match sent {
+        match inject.send(msg).await {
             Err(e) => {
-                let error = chain(&e);
-                tracing::debug!(probe = %self.name(), lane = lane.id.id, seq, kind = e.kind.as_str(), error = %error, "Publish failed.");
-                self.note_failure(e.kind, error);
-                self.failed(lane, seq, e.kind);
+                self.send_failed(lane, seq, e);
+                None
             }
             Ok(confirm) => {
-                let (probe, lane, abort) = (Arc::clone(self), Arc::clone(lane), abort.clone());
-                self.tasks.spawn(async move {
-                    let confirmed = tokio::select! {
-                        biased;
-                        _ = abort.cancelled() => return,
-                        c = confirm => c,
-                    };
-                    match confirmed {
-                        Ok(Ack::Confirmed) => {
-                            let now = Instant::now();
-                            let mut events = Events::new();
-                            lane.ledger().published(seq, now - started, now, &mut events);
-                            probe.tell(lane.id, &events);
-                        }
-                        Ok(Ack::Unconfirmed) => {}
-                        Err(e) => {
-                            let error = chain(&e);
-                            tracing::debug!(probe = %probe.name(), lane = lane.id.id, seq, kind = e.kind.as_str(), error = %error, "Publish failed.");
-                            probe.note_failure(e.kind, error);
-                            probe.failed(&lane, seq, e.kind);
-                        }
-                    }
-                });
+                let lane = Arc::clone(lane);
+                Some(Box::pin(async move {
+                    let confirmed = confirm.await;
+                    (lane, seq, started, confirmed)
+                }))
             }
         }
+    }
+
+    /// Records what the broker said of a canary sent earlier.
+    fn confirmed(&self, (lane, seq, started, confirmed): Confirmed) {
+        match confirmed {
+            Ok(Ack::Confirmed) => {
+                let now = Instant::now();
+                let mut events = Events::new();
+                lane.ledger()
+                    .published(seq, now - started, now, &mut events);
+                self.tell(lane.id, &events);
+            }
+            Ok(Ack::Unconfirmed) => {}
+            Err(e) => self.send_failed(&lane, seq, e),
+        }
+    }
+
+    fn send_failed(&self, lane: &Lane, seq: u64, e: PublishError) {
+        let error = chain(&e);
+        tracing::debug!(probe = %self.name(), lane = lane.id.id, seq, kind = e.kind.as_str(), error = %error, "Publish failed.");
+        self.note_failure(e.kind, error);
+        self.failed(lane, seq, e.kind);
     }
 
     fn failed(&self, lane: &Lane, seq: u64, kind: FailureKind) {

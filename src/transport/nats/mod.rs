@@ -24,12 +24,23 @@ use std::time::Duration;
 pub struct Connected {
     inject: Option<(Client, Arc<LinkStatus>)>,
     catch: Option<(Client, Arc<LinkStatus>)>,
+    /// The injects' shared flushes, made with the first core NATS injector.
+    flusher: std::sync::OnceLock<Arc<inject::Flusher>>,
 }
 
 impl Connected {
     /// The injects' client.
     pub fn inject(&self) -> Option<&Client> {
         self.inject.as_ref().map(|(c, _)| c)
+    }
+
+    /// The injects' flusher (started on first use, on the current runtime).
+    pub(crate) fn flusher(&self) -> Option<Arc<inject::Flusher>> {
+        let client = self.inject()?;
+        Some(Arc::clone(
+            self.flusher
+                .get_or_init(|| inject::Flusher::start(client.clone())),
+        ))
     }
 
     /// The catches' client.
@@ -140,6 +151,7 @@ pub async fn connect(
     let mut out = Connected {
         inject: None,
         catch: None,
+        flusher: std::sync::OnceLock::new(),
     };
     if roles.inject {
         let link = LinkStatus::new(name, "inject");
@@ -200,10 +212,9 @@ async fn connect_one(
     opts = opts
         .name(format!("chirp/{name}/{role}"))
         .connection_timeout(Duration::from_secs(5))
-        // Reconnect quickly: every second of backoff is a second of canaries stuck in the buffer.
-        .reconnect_delay_callback(|attempts| {
-            Duration::from_millis((100 * attempts as u64).min(2000))
-        })
+        // Reconnect quickly: every second of backoff is a second of canaries
+        // stuck in the buffer. The first attempt (1) is no retry: no wait.
+        .reconnect_delay_callback(reconnect_delay)
         .event_callback(move |event| {
             let (name, link) = (conn_name.clone(), Arc::clone(&link));
             async move {
@@ -237,6 +248,12 @@ async fn connect_one(
             e,
         )
     })
+}
+
+/// The wait before connection attempt `attempts` (counted from 1 since the
+/// last success): none for the first, then 100 ms more each time, at most 2 s.
+fn reconnect_delay(attempts: usize) -> Duration {
+    Duration::from_millis((100 * attempts.saturating_sub(1) as u64).min(2000))
 }
 
 pub fn is_connected(client: &Client) -> bool {

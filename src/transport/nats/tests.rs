@@ -51,3 +51,15 @@ fn bad_urls_are_errors_that_never_quote_credentials() {
     assert_eq!(p.len(), 1, "{:?}", p.0);
     assert!(p.0[0].message.contains("give them once"), "{:?}", p.0);
 }
+
+/// The first connection attempt is not a retry: `chirp check` must not
+/// wait 100 ms before its first connect.
+#[test]
+fn the_first_connect_does_not_wait() {
+    let ms = std::time::Duration::from_millis;
+    assert_eq!(super::reconnect_delay(0), ms(0));
+    assert_eq!(super::reconnect_delay(1), ms(0));
+    assert_eq!(super::reconnect_delay(2), ms(100));
+    assert_eq!(super::reconnect_delay(5), ms(400));
+    assert_eq!(super::reconnect_delay(1000), ms(2000));
+}
