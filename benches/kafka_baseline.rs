@@ -1,8 +1,11 @@
 //! Benchmark: chirp's end-to-end latency over Kafka next to a minimal rdkafka
 //! produce→consume loop, at the same rate and settings (acks=all, idempotent,
 //! linger.ms=0, fetch.wait.max.ms=5), on librdkafka's mock cluster and on a
-//! tansu broker, in one run. Run with `cargo bench --bench kafka_baseline`
-//! (tansu must be installed; see scripts/test). Figures only, no assertions.
+//! tansu broker, in one run. The raw loop keeps its slots with chirp's
+//! precise timer and is measured from its actual produce call; chirp from
+//! each canary's intended slot, as it reports; each target prints the
+//! ratios. Run with `cargo bench --bench kafka_baseline` (tansu must be
+//! installed; see scripts/test). Figures only, no assertions.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -54,7 +57,8 @@ async fn raw_loop(bootstrap: &str, topic: &str) -> (Histogram<u64>, Histogram<u6
     tpl.add_partition_offset(topic, 0, Offset::Offset(high))
         .expect("tpl");
     consumer.assign(&tpl).expect("assign");
-    let start = Instant::now();
+    let start = chirp::timer::align(Instant::now());
+    let timer = chirp::timer::Timer::precise();
     let collector = tokio::spawn(async move {
         let mut from_slot = Histogram::<u64>::new(3).expect("histogram");
         let mut from_send = Histogram::<u64>::new(3).expect("histogram");
@@ -62,7 +66,7 @@ async fn raw_loop(bootstrap: &str, topic: &str) -> (Histogram<u64>, Histogram<u6
         while let Some(Ok(msg)) = stream.next().await {
             let p = msg.payload().unwrap_or_default();
             let field = |i: usize| u64::from_le_bytes(p[i..i + 8].try_into().expect("8 bytes"));
-            let now_us = start.elapsed().as_micros() as u64;
+            let now_us = Instant::now().saturating_duration_since(start).as_micros() as u64;
             from_slot
                 .record(now_us.saturating_sub(field(0)))
                 .expect("record");
@@ -77,10 +81,11 @@ async fn raw_loop(bootstrap: &str, topic: &str) -> (Histogram<u64>, Histogram<u6
     });
     for i in 0..COUNT {
         let intended = start + INTERVAL * i as u32;
-        tokio::time::sleep_until(intended).await;
+        timer.sleep_until(intended).await;
         let mut payload = vec![b'x'; SIZE];
         payload[..8].copy_from_slice(&((intended - start).as_micros() as u64).to_le_bytes());
-        payload[8..16].copy_from_slice(&(start.elapsed().as_micros() as u64).to_le_bytes());
+        let sent_us = Instant::now().saturating_duration_since(start).as_micros() as u64;
+        payload[8..16].copy_from_slice(&sent_us.to_le_bytes());
         let record: FutureRecord<'_, (), Vec<u8>> =
             FutureRecord::to(topic).partition(0).payload(&payload);
         // Enqueue only; delivery reports are not awaited one by one (chirp does not either).
@@ -95,7 +100,8 @@ async fn raw_loop(bootstrap: &str, topic: &str) -> (Histogram<u64>, Histogram<u6
         .expect("collector")
 }
 
-async fn chirp_loop(bootstrap: &str, topic: &str) {
+/// chirp's end-to-end p50 and p99 from the slot, µs.
+async fn chirp_loop(bootstrap: &str, topic: &str) -> (f64, f64) {
     let config = support::Conf::new()
         .connection("k", format!("kafka: {{brokers: \"{bootstrap}\"}}"))
         .probe(format!(
@@ -125,6 +131,7 @@ async fn chirp_loop(bootstrap: &str, topic: &str) {
         c.publish_failed,
         lag.p50 * 1e3
     );
+    (l.p50 * 1e6, l.p99 * 1e6)
 }
 
 async fn compare(target: &str, bootstrap: &str) {
@@ -132,7 +139,13 @@ async fn compare(target: &str, bootstrap: &str) {
     let (slot, send) = raw_loop(bootstrap, "bench-raw").await;
     row("raw rdkafka loop, from slot", &slot);
     row("raw rdkafka loop, from send", &send);
-    chirp_loop(bootstrap, "bench-chirp").await;
+    let (p50, p99) = chirp_loop(bootstrap, "bench-chirp").await;
+    let raw = |q: f64| send.value_at_quantile(q) as f64;
+    println!(
+        "chirp from slot / raw from send: p50 {:.2}x, p99 {:.2}x",
+        p50 / raw(0.5),
+        p99 / raw(0.99)
+    );
 }
 
 fn main() {

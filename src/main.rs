@@ -9,7 +9,16 @@ use clap::Parser;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// `--features dhat-heap`: every allocation is tracked and, when chirp
+/// exits, written to `dhat-heap.json` (open it in DHAT's viewer, or
+/// `scripts/heap-report`). For measuring where memory goes, never for production.
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 fn main() -> ExitCode {
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::new_heap();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
