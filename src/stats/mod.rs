@@ -24,6 +24,15 @@ pub const DEFAULT_BUCKETS: &[f64] = &[
     10.0, 30.0, 60.0,
 ];
 
+/// Extra Prometheus bucket bounds of the schedule lag: the scheduler keeps
+/// it to tens of microseconds, below the smallest default bound (250 µs).
+pub const LAG_BUCKETS: &[Duration] = &[
+    Duration::from_micros(10),
+    Duration::from_micros(25),
+    Duration::from_micros(50),
+    Duration::from_micros(100),
+];
+
 /// Each reported percentile, with the fewest samples that resolve it. With
 /// n samples the nearest-rank p-th percentile is the ⌈p·n⌉-th smallest,
 /// which is the maximum until n ≥ 1 / (1 − p): from 50 canaries a "p99" is
