@@ -93,7 +93,7 @@ impl Ledger {
             counts: Counts::default(),
             e2e: LatencyStats::new(deadline, thresholds, start),
             publish: LatencyStats::new(deadline, &[], start),
-            lag: LatencyStats::new(deadline, &[], start),
+            lag: LatencyStats::new(deadline, crate::stats::LAG_BUCKETS, start),
         }
     }
 

@@ -43,6 +43,26 @@ async fn latency_is_measured_from_the_intended_slot() {
     assert!((snap.latency.cumulative.max - 0.050).abs() < 0.0001);
 }
 
+/// Lag of tens of microseconds has buckets of its own; latency keeps the defaults.
+#[tokio::test(start_paused = true)]
+async fn schedule_lag_has_bounds_down_to_10_microseconds() {
+    let mut l = ledger();
+    let us = Duration::from_micros;
+    for lag in [us(5), us(20), us(20), us(80), us(300)] {
+        let (_, slot) = l.next_slot();
+        l.send(slot + lag, &mut Vec::new());
+    }
+    let b = l.lag.buckets();
+    let bounds: Vec<f64> = b.counts.iter().map(|(b, _)| *b).take(6).collect();
+    assert_eq!(bounds, [0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5]);
+    assert_eq!(b.at_or_below(0.000_01), 1);
+    assert_eq!(b.at_or_below(0.000_025), 3);
+    assert_eq!(b.at_or_below(0.000_1), 4);
+    assert_eq!(b.at_or_below(0.000_25), 4);
+    assert_eq!(b.count, 5);
+    assert_eq!(l.e2e.buckets().counts[0].0, 0.000_25);
+}
+
 #[tokio::test(start_paused = true)]
 async fn deadline_resolves_uncaught_canaries_as_lost_exactly_once() {
     let mut l = ledger();
