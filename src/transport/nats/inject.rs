@@ -102,7 +102,8 @@ impl Drop for Flusher {
 pub struct NatsInject {
     client: Client,
     flusher: Arc<Flusher>,
-    subject: String,
+    /// Built once: cloning it per canary copies no string.
+    subject: async_nats::Subject,
     headers: Vec<(String, String)>,
     timeout: Duration,
 }
@@ -120,7 +121,7 @@ impl NatsInject {
         Ok(NatsInject {
             client: client.clone(),
             flusher,
-            subject: cfg.subject.clone(),
+            subject: async_nats::Subject::from(cfg.subject.as_str()),
             headers: cfg
                 .headers
                 .iter()
