@@ -68,6 +68,9 @@ macro_rules! each {
     };
 }
 
+// `each!` writes one body for every width, u64 included, where the
+// conversions to u64 are the identity.
+#[allow(clippy::useless_conversion)]
 impl Counts {
     /// Bytes per count.
     fn width(&self) -> usize {
@@ -347,7 +350,11 @@ mod tests {
             }
             assert_eq!(median(i), h.median_equivalent(v), "{v}");
             if i > 0 {
-                assert_eq!(index_of(lowest(i) - 1), i - 1, "{v}: buckets are contiguous");
+                assert_eq!(
+                    index_of(lowest(i) - 1),
+                    i - 1,
+                    "{v}: buckets are contiguous"
+                );
             }
         }
         assert_eq!(index_of(u64::MAX), 56_319);
@@ -379,7 +386,10 @@ mod tests {
         assert_eq!(got.len(), usize::from(largest) + 1);
         assert_eq!(got[3], (3, 301));
         assert_eq!(got[usize::from(largest)], (largest, 5_000_000_001));
-        assert_eq!(c.total(), 300 + 70_001 + 5_000_000_000 + u64::from(largest) + 1);
+        assert_eq!(
+            c.total(),
+            300 + 70_001 + 5_000_000_000 + u64::from(largest) + 1
+        );
         c.clear();
         assert_eq!((c.total(), c.iter().count(), c.dense), (0, 0, false));
     }
