@@ -137,8 +137,8 @@ impl Counts {
 }
 
 /// Non-zero counts per HDR bucket, up to a largest bucket. Memory: 2 bytes
-/// (the bucket) plus the width of one count per bucket hit, with up to a
-/// quarter more room to grow into; or, once that would be more, the width
+/// (the bucket) plus the width of one count per bucket hit, with up to an
+/// eighth more room to grow into; or, once that would be more, the width
 /// of one count per bucket up to the largest, whichever is less. So never
 /// more than `8 × (largest + 1)` bytes.
 #[derive(Debug, Clone)]
@@ -204,11 +204,11 @@ impl BucketCounts {
         self.counts.set(i, self.counts.get(i).saturating_add(n));
     }
 
-    /// Makes room for a quarter more buckets (at least 4), unless dense
+    /// Makes room for an eighth more buckets (at least 4), unless dense
     /// would then be smaller; returns whether it did.
     fn grow(&mut self) -> bool {
         let len = self.keys.len();
-        let more = (len / 4).max(4);
+        let more = (len / 8).max(4);
         let width = self.counts.width().max(1);
         let dense = (usize::from(self.largest) + 1) * width;
         if (len + more) * (2 + width) >= dense {
