@@ -94,6 +94,7 @@ async fn run(n: usize, after_s: u64) -> Vec<Row> {
     let mut ledgers: Vec<Arc<Mutex<Ledger>>> = Vec::with_capacity(n);
     let mut slos: Vec<Arc<SloObserver>> = Vec::with_capacity(n);
     let mut histories: Vec<Arc<History>> = Vec::with_capacity(n);
+    let baseline = live();
     let ((), ledger_built) = kept(|| {
         for _ in 0..n {
             ledgers.push(Arc::new(Mutex::new(Ledger::new(
@@ -114,6 +115,7 @@ async fn run(n: usize, after_s: u64) -> Vec<Row> {
             histories.push(Arc::new(History::new()));
         }
     });
+    let whole_built = live().saturating_sub(baseline);
     // The three measures as a new ledger holds them (the lag's bounds are
     // the ledger's business: read them from one).
     let stats_built = n as u64 * {
@@ -133,6 +135,8 @@ async fn run(n: usize, after_s: u64) -> Vec<Row> {
     };
 
     traffic(&ledgers, &slos, &histories, start, after_s).await;
+    // Everything live now that was not before the probes were built.
+    let whole = live().saturating_sub(baseline);
 
     // Swap each measure for a fresh one built beforehand: what the swap
     // frees is what the measure held after the traffic.
@@ -197,9 +201,14 @@ async fn run(n: usize, after_s: u64) -> Vec<Row> {
             after: per(history_after),
         },
         Row {
-            name: "total",
+            name: "total (sum of the above)",
             built: per(ledger_built + slo_built + history_built),
             after: per(e2e + publish + lag + ledger_rest + slo_after + history_after),
+        },
+        Row {
+            name: "live heap / N (cross-check)",
+            built: per(whole_built),
+            after: per(whole),
         },
     ]
 }
