@@ -6,7 +6,9 @@
 //! minutes, a scrape every 15 s), and prints live heap bytes per probe and
 //! per component, for N = 100 and 1,000. Run with
 //! `cargo bench --bench probe_memory` (`-- --save FILE` also writes dhat's
-//! profile, for `dh_view.html`). dhat counts the bytes asked for; the
+//! profile, for `dh_view.html`; `-- --probes 10 --after 1440` runs 10
+//! probes with a day of normal traffic after the stall, for the size a
+//! long-running probe settles at). dhat counts the bytes asked for; the
 //! allocator's own overhead comes on top in RSS. Figures only: nothing here
 //! asserts a size.
 //!
@@ -35,10 +37,10 @@ const INTERVAL: Duration = Duration::from_millis(100);
 const DEADLINE: Duration = Duration::from_secs(5);
 const THRESHOLD: Duration = Duration::from_millis(3);
 const SCRAPE_EVERY: Duration = Duration::from_secs(15);
-/// Normal traffic, then the stall, then normal traffic again (seconds).
+/// Normal traffic, then the stall, then normal traffic again (seconds; the
+/// last is 2 minutes unless `--after MINUTES`).
 const NORMAL_S: u64 = 300;
 const STALL_S: u64 = 30;
-const AFTER_S: u64 = 120;
 const LANE: LaneId = LaneId {
     id: 0,
     partition: None,
@@ -77,7 +79,7 @@ struct Row {
     after: u64,
 }
 
-async fn run(n: usize) -> Vec<Row> {
+async fn run(n: usize, after_s: u64) -> Vec<Row> {
     let slo = Slo {
         latency: Some(LatencyObjective {
             threshold: THRESHOLD,
@@ -92,6 +94,7 @@ async fn run(n: usize) -> Vec<Row> {
     let mut ledgers: Vec<Arc<Mutex<Ledger>>> = Vec::with_capacity(n);
     let mut slos: Vec<Arc<SloObserver>> = Vec::with_capacity(n);
     let mut histories: Vec<Arc<History>> = Vec::with_capacity(n);
+    let baseline = live();
     let ((), ledger_built) = kept(|| {
         for _ in 0..n {
             ledgers.push(Arc::new(Mutex::new(Ledger::new(
@@ -112,6 +115,7 @@ async fn run(n: usize) -> Vec<Row> {
             histories.push(Arc::new(History::new()));
         }
     });
+    let whole_built = live().saturating_sub(baseline);
     // The three measures as a new ledger holds them (the lag's bounds are
     // the ledger's business: read them from one).
     let stats_built = n as u64 * {
@@ -130,7 +134,9 @@ async fn run(n: usize) -> Vec<Row> {
             + kept(|| LatencyStats::new(DEADLINE, &lag, start)).1
     };
 
-    traffic(&ledgers, &slos, &histories, start).await;
+    traffic(&ledgers, &slos, &histories, start, after_s).await;
+    // Everything live now that was not before the probes were built.
+    let whole = live().saturating_sub(baseline);
 
     // Swap each measure for a fresh one built beforehand: what the swap
     // frees is what the measure held after the traffic.
@@ -195,9 +201,14 @@ async fn run(n: usize) -> Vec<Row> {
             after: per(history_after),
         },
         Row {
-            name: "total",
+            name: "total (sum of the above)",
             built: per(ledger_built + slo_built + history_built),
             after: per(e2e + publish + lag + ledger_rest + slo_after + history_after),
+        },
+        Row {
+            name: "live heap / N (cross-check)",
+            built: per(whole_built),
+            after: per(whole),
         },
     ]
 }
@@ -209,12 +220,13 @@ async fn traffic(
     slos: &[Arc<SloObserver>],
     histories: &[Arc<History>],
     start: Instant,
+    after_s: u64,
 ) {
     let mut rng = StdRng::seed_from_u64(13);
     let mut events = Events::new();
     // Catches to come: (when, probe, sequence).
     let mut catches: BinaryHeap<Reverse<(Instant, usize, u64)>> = BinaryHeap::new();
-    let ticks = (NORMAL_S + STALL_S + AFTER_S) * 1000 / INTERVAL.as_millis() as u64;
+    let ticks = (NORMAL_S + STALL_S + after_s) * 1000 / INTERVAL.as_millis() as u64;
     let stall_ticks = STALL_S * 1000 / INTERVAL.as_millis() as u64;
     let stall_from = NORMAL_S * 1000 / INTERVAL.as_millis() as u64;
     let mut next_scrape = start + SCRAPE_EVERY;
@@ -277,10 +289,15 @@ async fn traffic(
 }
 
 fn main() {
-    let save = std::env::args()
-        .skip_while(|a| a != "--save")
-        .nth(1)
-        .map(std::path::PathBuf::from);
+    // `cargo bench` passes `--bench`; only the options below are read.
+    let arg = |name: &str| std::env::args().skip_while(|a| a != name).nth(1);
+    let save = arg("--save").map(std::path::PathBuf::from);
+    let number = |name: &str| arg(name).map(|v| v.parse::<u64>().expect("a number"));
+    let sizes: Vec<usize> = match number("--probes") {
+        Some(n) => vec![n as usize],
+        None => vec![100, 1000],
+    };
+    let after_s = number("--after").map_or(120, |m| m * 60);
     let _profiler = match &save {
         Some(file) => dhat::Profiler::builder().file_name(file).build(),
         None => dhat::Profiler::builder().testing().build(),
@@ -290,21 +307,23 @@ fn main() {
         .start_paused(true)
         .build()
         .expect("a runtime");
-    let sizes = [100, 1000];
     let runs: Vec<Vec<Row>> = rt.block_on(async {
         let mut runs = Vec::new();
-        for n in sizes {
-            runs.push(run(n).await);
+        for n in &sizes {
+            runs.push(run(*n, after_s).await);
         }
         runs
     });
     println!(
-        "Heap per probe, bytes (dhat), one lane, interval {}, deadline {}, 30-day SLO:",
+        "Heap per probe, bytes (dhat), one lane, interval {}, deadline {}, 30-day SLO; traffic {} normal, {} stall, {} normal:",
         humantime::format_duration(INTERVAL),
-        humantime::format_duration(DEADLINE)
+        humantime::format_duration(DEADLINE),
+        humantime::format_duration(Duration::from_secs(NORMAL_S)),
+        humantime::format_duration(Duration::from_secs(STALL_S)),
+        humantime::format_duration(Duration::from_secs(after_s)),
     );
     print!("{:<42}", "");
-    for n in sizes {
+    for n in &sizes {
         print!(" {:>10} {:>10}", format!("N={n} built"), "traffic");
     }
     println!();

@@ -3,7 +3,7 @@
 //! inside the slice; no data when nothing resolved), error budget remaining
 //! over the period and burn rates over 5m…3d. Canaries count when they
 //! resolve, never while in flight. Memory is fixed: minute buckets for the
-//! last 6 hours and hour buckets for the period (about 15 KiB for 30 days).
+//! last 6 hours and hour buckets for the period (about 22 KiB for 30 days).
 
 pub mod rules;
 
@@ -47,15 +47,77 @@ pub enum Resolved {
     Failed,
 }
 
+/// Canaries that resolved in one minute or hour. u32 holds an hour of a
+/// thousand lanes at the 1 ms shortest interval; they saturate rather than wrap.
 #[derive(Debug, Clone, Copy, Default)]
-struct Bucket {
-    /// Absolute minute or hour number + 1; 0 means empty.
-    index: u64,
+struct Counts {
     latency_good: u32,
     delivery_good: u32,
     total: u32,
-    slices_good: u32,
-    slices_bad: u32,
+}
+
+/// A bucket of a ring of minutes or hours, numbered from the Unix epoch: the
+/// number + 1 fits a u32 until the year 10,000 (minutes).
+trait Bucket: Copy {
+    /// The bucket's number + 1; 0 means empty.
+    fn index(&self) -> u32;
+    fn empty(index: u32) -> Self;
+    fn counts(&mut self) -> &mut Counts;
+    fn add_to(&self, w: &mut Window);
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Minute {
+    index: u32,
+    counts: Counts,
+}
+
+/// An hour also counts the slices that closed in it: at most 3,600 (a
+/// slice is at least 1 s), so u16.
+#[derive(Debug, Clone, Copy, Default)]
+struct Hour {
+    index: u32,
+    counts: Counts,
+    slices_good: u16,
+    slices_bad: u16,
+}
+
+impl Bucket for Minute {
+    fn index(&self) -> u32 {
+        self.index
+    }
+    fn empty(index: u32) -> Self {
+        Minute {
+            index,
+            ..Minute::default()
+        }
+    }
+    fn counts(&mut self) -> &mut Counts {
+        &mut self.counts
+    }
+    fn add_to(&self, w: &mut Window) {
+        w.add(&self.counts);
+    }
+}
+
+impl Bucket for Hour {
+    fn index(&self) -> u32 {
+        self.index
+    }
+    fn empty(index: u32) -> Self {
+        Hour {
+            index,
+            ..Hour::default()
+        }
+    }
+    fn counts(&mut self) -> &mut Counts {
+        &mut self.counts
+    }
+    fn add_to(&self, w: &mut Window) {
+        w.add(&self.counts);
+        w.slices_good += u64::from(self.slices_good);
+        w.slices_bad += u64::from(self.slices_bad);
+    }
 }
 
 /// Buckets summed over a window (wide enough for a whole period).
@@ -66,6 +128,14 @@ struct Window {
     total: u64,
     slices_good: u64,
     slices_bad: u64,
+}
+
+impl Window {
+    fn add(&mut self, c: &Counts) {
+        self.total += u64::from(c.total);
+        self.latency_good += u64::from(c.latency_good);
+        self.delivery_good += u64::from(c.delivery_good);
+    }
 }
 
 /// Totals since start, for the `_total` counters.
@@ -131,8 +201,8 @@ pub struct SloTracker {
     /// Wall-clock microseconds at `inst0`: slices align to wall-clock boundaries.
     wall0_us: u64,
     inst0: Instant,
-    minutes: Vec<Bucket>,
-    hours: Vec<Bucket>,
+    minutes: Vec<Minute>,
+    hours: Vec<Hour>,
     /// The slice being filled: its index and (latency good, delivery good, total).
     slice: u64,
     slice_acc: (u64, u64, u64),
@@ -181,8 +251,8 @@ impl SloTracker {
             per_period: period_s as f64 / interval.as_secs_f64().max(1e-9),
             wall0_us,
             inst0: now,
-            minutes: vec![Bucket::default(); MINUTES],
-            hours: vec![Bucket::default(); hours.max(1)],
+            minutes: vec![Minute::default(); MINUTES],
+            hours: vec![Hour::default(); hours.max(1)],
             slice: 0,
             slice_acc: (0, 0, 0),
             totals: Totals::default(),
@@ -207,14 +277,12 @@ impl SloTracker {
         (self.wall0_us + now.saturating_duration_since(self.inst0).as_micros() as u64) / 1_000_000
     }
 
-    fn bucket(ring: &mut [Bucket], index: u64) -> &mut Bucket {
+    fn bucket<B: Bucket>(ring: &mut [B], index: u64) -> &mut B {
         let len = ring.len() as u64;
         let b = &mut ring[(index % len) as usize];
-        if b.index != index + 1 {
-            *b = Bucket {
-                index: index + 1,
-                ..Bucket::default()
-            };
+        let number = (index + 1) as u32;
+        if b.index() != number {
+            *b = B::empty(number);
         }
         b
     }
@@ -248,10 +316,10 @@ impl SloTracker {
             });
             let b = Self::bucket(&mut self.hours, end_hour);
             if good {
-                b.slices_good += 1;
+                b.slices_good = b.slices_good.saturating_add(1);
                 self.totals.slices_good += 1;
             } else {
-                b.slices_bad += 1;
+                b.slices_bad = b.slices_bad.saturating_add(1);
                 self.totals.slices_bad += 1;
             }
         }
@@ -269,8 +337,8 @@ impl SloTracker {
         };
         let wall = self.wall_s(now);
         for b in [
-            Self::bucket(&mut self.minutes, wall / 60),
-            Self::bucket(&mut self.hours, wall / 3600),
+            Self::bucket(&mut self.minutes, wall / 60).counts(),
+            Self::bucket(&mut self.hours, wall / 3600).counts(),
         ] {
             b.total = b.total.saturating_add(1);
             b.latency_good = b.latency_good.saturating_add(lat as u32);
@@ -285,20 +353,16 @@ impl SloTracker {
     }
 
     /// Sums buckets of `ring` (of `unit` seconds) covering the last `window` seconds up to `wall`.
-    fn sum(ring: &[Bucket], unit: u64, wall: u64, window: u64) -> Window {
+    fn sum<B: Bucket>(ring: &[B], unit: u64, wall: u64, window: u64) -> Window {
         let cur = wall / unit;
         let n = (window / unit).max(1);
         let first = (cur + 1).saturating_sub(n);
         let mut s = Window::default();
-        for b in ring
-            .iter()
-            .filter(|b| b.index > first && b.index <= cur + 1)
-        {
-            s.total += b.total as u64;
-            s.latency_good += b.latency_good as u64;
-            s.delivery_good += b.delivery_good as u64;
-            s.slices_good += b.slices_good as u64;
-            s.slices_bad += b.slices_bad as u64;
+        for b in ring.iter().filter(|b| {
+            let i = u64::from(b.index());
+            i > first && i <= cur + 1
+        }) {
+            b.add_to(&mut s);
         }
         s
     }

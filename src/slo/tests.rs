@@ -154,9 +154,10 @@ async fn an_overspent_budget_is_negative_and_lanes_multiply_the_allowance() {
 async fn memory_for_a_30_day_period_is_small() {
     let t = tracker();
     let bytes = std::mem::size_of::<SloTracker>()
-        + t.minutes.len() * std::mem::size_of::<Bucket>()
-        + t.hours.len() * std::mem::size_of::<Bucket>();
-    assert!(bytes < 64 * 1024, "{bytes} bytes");
+        + t.minutes.len() * std::mem::size_of::<Minute>()
+        + t.hours.len() * std::mem::size_of::<Hour>()
+        + t.recent.capacity() * std::mem::size_of::<SliceResult>();
+    assert!(bytes < 24 * 1024, "{bytes} bytes");
     assert_eq!(t.hours.len(), 720);
 }
 

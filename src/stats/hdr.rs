@@ -68,6 +68,9 @@ macro_rules! each {
     };
 }
 
+// `each!` writes one body for every width, u64 included, where the
+// conversions to u64 are the identity.
+#[allow(clippy::useless_conversion)]
 impl Counts {
     /// Bytes per count.
     fn width(&self) -> usize {
@@ -134,8 +137,8 @@ impl Counts {
 }
 
 /// Non-zero counts per HDR bucket, up to a largest bucket. Memory: 2 bytes
-/// (the bucket) plus the width of one count per bucket hit, with up to a
-/// quarter more room to grow into; or, once that would be more, the width
+/// (the bucket) plus the width of one count per bucket hit, with up to an
+/// eighth more room to grow into; or, once that would be more, the width
 /// of one count per bucket up to the largest, whichever is less. So never
 /// more than `8 × (largest + 1)` bytes.
 #[derive(Debug, Clone)]
@@ -201,11 +204,11 @@ impl BucketCounts {
         self.counts.set(i, self.counts.get(i).saturating_add(n));
     }
 
-    /// Makes room for a quarter more buckets (at least 4), unless dense
+    /// Makes room for an eighth more buckets (at least 4), unless dense
     /// would then be smaller; returns whether it did.
     fn grow(&mut self) -> bool {
         let len = self.keys.len();
-        let more = (len / 4).max(4);
+        let more = (len / 8).max(4);
         let width = self.counts.width().max(1);
         let dense = (usize::from(self.largest) + 1) * width;
         if (len + more) * (2 + width) >= dense {
@@ -347,7 +350,11 @@ mod tests {
             }
             assert_eq!(median(i), h.median_equivalent(v), "{v}");
             if i > 0 {
-                assert_eq!(index_of(lowest(i) - 1), i - 1, "{v}: buckets are contiguous");
+                assert_eq!(
+                    index_of(lowest(i) - 1),
+                    i - 1,
+                    "{v}: buckets are contiguous"
+                );
             }
         }
         assert_eq!(index_of(u64::MAX), 56_319);
@@ -379,7 +386,10 @@ mod tests {
         assert_eq!(got.len(), usize::from(largest) + 1);
         assert_eq!(got[3], (3, 301));
         assert_eq!(got[usize::from(largest)], (largest, 5_000_000_001));
-        assert_eq!(c.total(), 300 + 70_001 + 5_000_000_000 + u64::from(largest) + 1);
+        assert_eq!(
+            c.total(),
+            300 + 70_001 + 5_000_000_000 + u64::from(largest) + 1
+        );
         c.clear();
         assert_eq!((c.total(), c.iter().count(), c.dense), (0, 0, false));
     }

@@ -176,10 +176,12 @@ impl Buckets {
 /// up to the deadline (13,509 for 5 s, 16,168 for 30 s, 23,221 for 1 h):
 /// the cumulative histogram takes at most `8·L` bytes (`4·L` while no
 /// bucket holds 2³² values), and each of the window's 6 slots at most `2·L`
-/// (10 s holds at most 10,000 canaries at the 1 ms shortest interval), so
-/// `20·L` in all (264 KiB for 5 s) plus about 0.5 KiB, and only when the
-/// latencies hit every bucket from 1 µs to the deadline. At steady latencies
-/// a measure takes a few KiB.
+/// while none of its buckets gets 65,536 values in 10 s (a lane sends
+/// 10,000 in 10 s at the 1 ms shortest interval; only a backlog of a long
+/// deadline draining at once gets more, and then `4·L`), so `20·L` in all
+/// (264 KiB for 5 s) plus about 1 KiB, and only when the latencies hit every
+/// bucket from 1 µs to the deadline. At steady latencies a measure takes a
+/// few KiB (4–10 KB in the probe_memory bench).
 #[derive(Debug)]
 pub struct LatencyStats {
     cumulative: BucketCounts,

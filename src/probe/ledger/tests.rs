@@ -54,7 +54,10 @@ async fn schedule_lag_has_bounds_down_to_10_microseconds() {
     }
     let b = l.lag.buckets();
     let bounds: Vec<f64> = b.counts.iter().map(|(b, _)| *b).take(6).collect();
-    assert_eq!(bounds, [0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5]);
+    assert_eq!(
+        bounds,
+        [0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5]
+    );
     assert_eq!(b.at_or_below(0.000_01), 1);
     assert_eq!(b.at_or_below(0.000_025), 3);
     assert_eq!(b.at_or_below(0.000_1), 4);
