@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         json_panics();
     }
     init_logging(cli.log_format, cli.command.default_log_level());
+    map_large_buffers();
     chirp::server::listener::on_flood_end(release_memory);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -140,8 +141,24 @@ fn init_logging(format: LogFormat, default_level: &str) {
     }
 }
 
+/// Buffers of 1 MiB and more (a scrape's text with hundreds of probes) are
+/// mapped on their own and unmapped when freed. glibc would otherwise raise
+/// this threshold to the largest buffer freed so far (up to 32 MiB), and
+/// from then on keep such buffers in its arenas after they are freed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn map_large_buffers() {
+    // SAFETY: mallopt takes two integers and changes only glibc's own
+    // settings, under its own lock; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn map_large_buffers() {}
+
 /// Hands the pages glibc's arenas hold free back to the system (called by
-/// the listener once a flood of connections has ended).
+/// the listener once a flood of connections has ended, and after a large scrape).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn release_memory() {
     // SAFETY: malloc_trim takes no pointers; it only walks glibc's own free

@@ -144,8 +144,9 @@ impl Ledger {
     pub fn send(&mut self, now: Instant, events: &mut Events) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.states.push_back(State::InFlight);
-        while self.states.len() > self.retain {
+        // Room first, then the new state: the ring never outgrows `retain`
+        // (pushing first would double its allocation at `retain + 1`).
+        while self.states.len() >= self.retain {
             // Config validation keeps `retain` several deadlines long, so only
             // resolved canaries are forgotten; should one still be in flight,
             // it is resolved as lost rather than leaked.
@@ -156,6 +157,7 @@ impl Ledger {
             self.base += 1;
             self.expire_cursor = self.expire_cursor.max(self.base);
         }
+        self.states.push_back(State::InFlight);
         self.counts.sent += 1;
         self.counts.in_flight += 1;
         let slot = self.intended(seq);
