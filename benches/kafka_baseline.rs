@@ -149,7 +149,9 @@ async fn compare(target: &str, bootstrap: &str) {
 }
 
 fn main() {
+    // chirp's own runtime, as the binary builds it; the raw loops share it.
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(chirp::runtime::worker_threads())
         .enable_all()
         .build()
         .expect("runtime");

@@ -129,7 +129,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    // chirp's own runtime, as the binary builds it; the raw loops share it.
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(chirp::runtime::worker_threads())
         .enable_all()
         .build()
         .expect("runtime");

@@ -2,7 +2,8 @@
 //! run, for the transports with a broker acknowledgement: JetStream (PubAck),
 //! MQTT (QoS 1 PUBACK) and RabbitMQ (publisher confirms). Same rate, message size and layout;
 //! both measure end-to-end latency from the intended slot and the publish
-//! latency (send → broker's ack). Run with
+//! latency (send → broker's ack). The raw loops keep their slots with
+//! chirp's precise timer, so both carry the same schedule. Run with
 //! `cargo bench --bench transports_baseline` (needs nats-server, mosquitto
 //! and rabbitmq-server). Figures only: nothing here asserts a speed.
 
@@ -71,11 +72,12 @@ async fn raw_jetstream(url: &str) -> Raw {
         .await
         .expect("consumer");
     let mut messages = consumer.messages().await.expect("messages");
-    let start = Instant::now();
+    let start = chirp::timer::align(Instant::now());
+    let timer = chirp::timer::Timer::precise();
     let collector = tokio::spawn(async move {
         let mut e2e = Histogram::<u64>::new(3).expect("histogram");
         while let Some(Ok(m)) = messages.next().await {
-            let now = start.elapsed().as_micros() as u64;
+            let now = Instant::now().saturating_duration_since(start).as_micros() as u64;
             e2e.record(now.saturating_sub(slot_of(&m.payload)))
                 .expect("record");
             if e2e.len() == COUNT {
@@ -87,7 +89,7 @@ async fn raw_jetstream(url: &str) -> Raw {
     let mut publish = Histogram::<u64>::new(3).expect("histogram");
     for i in 0..COUNT {
         let intended = start + INTERVAL * i as u32;
-        tokio::time::sleep_until(intended).await;
+        timer.sleep_until(intended).await;
         let sent = Instant::now();
         js.publish("bench.raw", payload(start, intended).into())
             .await
@@ -129,11 +131,12 @@ async fn raw_rabbit(t: &support::targets::Rabbit) -> Raw {
     tx.confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirms");
-    let start = Instant::now();
+    let start = chirp::timer::align(Instant::now());
+    let timer = chirp::timer::Timer::precise();
     let collector = tokio::spawn(async move {
         let mut e2e = Histogram::<u64>::new(3).expect("histogram");
         while let Some(Ok(d)) = consumer.next().await {
-            let now = start.elapsed().as_micros() as u64;
+            let now = Instant::now().saturating_duration_since(start).as_micros() as u64;
             e2e.record(now.saturating_sub(slot_of(&d.data)))
                 .expect("record");
             if e2e.len() == COUNT {
@@ -145,7 +148,7 @@ async fn raw_rabbit(t: &support::targets::Rabbit) -> Raw {
     let mut publish = Histogram::<u64>::new(3).expect("histogram");
     for i in 0..COUNT {
         let intended = start + INTERVAL * i as u32;
-        tokio::time::sleep_until(intended).await;
+        timer.sleep_until(intended).await;
         let sent = Instant::now();
         tx.basic_publish(
             support::targets::RABBIT_EXCHANGE.into(),
@@ -180,11 +183,12 @@ async fn raw_mqtt(port: u16) -> Raw {
     let mut sub = support::targets::MqttPeer::connect(port, Some("bench/raw")).await;
     sub.subscribed(1).await;
     let mut publisher = support::targets::MqttPeer::connect(port, None).await;
-    let start = Instant::now();
+    let start = chirp::timer::align(Instant::now());
+    let timer = chirp::timer::Timer::precise();
     let collector = tokio::spawn(async move {
         let mut e2e = Histogram::<u64>::new(3).expect("histogram");
         while let Some(m) = sub.messages.recv().await {
-            let now = start.elapsed().as_micros() as u64;
+            let now = Instant::now().saturating_duration_since(start).as_micros() as u64;
             e2e.record(now.saturating_sub(slot_of(&m.body)))
                 .expect("record");
             if e2e.len() == COUNT {
@@ -196,7 +200,7 @@ async fn raw_mqtt(port: u16) -> Raw {
     let mut publish = Histogram::<u64>::new(3).expect("histogram");
     for i in 0..COUNT {
         let intended = start + INTERVAL * i as u32;
-        tokio::time::sleep_until(intended).await;
+        timer.sleep_until(intended).await;
         let sent = Instant::now();
         // QoS 1, and the PUBACK awaited, as chirp does by default.
         publisher
@@ -252,7 +256,9 @@ async fn chirp(connection: (&str, String), inject: &str, catch: &str, name: &str
 }
 
 fn main() {
+    // chirp's own runtime, as the binary builds it; the raw loops share it.
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(chirp::runtime::worker_threads())
         .enable_all()
         .build()
         .expect("runtime");

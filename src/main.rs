@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     map_large_buffers();
     chirp::server::listener::on_flood_end(release_memory);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads())
+        .worker_threads(chirp::runtime::worker_threads())
         .enable_all()
         .build()
     {
@@ -48,21 +48,6 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(Duration::from_secs(1));
     cmd::exiting(exit);
     ExitCode::from(exit.code())
-}
-
-/// The async runtime's threads: `TOKIO_WORKER_THREADS` when set, else one.
-/// A canary is a few microseconds of work between wake-ups; on one thread
-/// the sends due at one instant go out back to back and the client writes
-/// them together, where threads handing work across cores cost more CPU
-/// and schedule precision than they add (on 2 cores at 1,000 probes: 18 %
-/// of a core and lag p50 31 µs on one thread, 25 % and 55 µs on two).
-/// Brokers' client libraries (librdkafka) and blocking work have threads of their own.
-fn worker_threads() -> usize {
-    std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(1)
 }
 
 /// A command line clap refuses: its own message (help and `--version` go to

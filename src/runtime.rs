@@ -142,6 +142,21 @@ pub struct Runtime {
     reloads: Option<mpsc::Receiver<ReloadRequest>>,
 }
 
+/// The async runtime's threads: `TOKIO_WORKER_THREADS` when set, else one.
+/// A canary is a few microseconds of work between wake-ups; on one thread
+/// the sends due at one instant go out back to back and the client writes
+/// them together, where threads handing work across cores cost more CPU
+/// and schedule precision than they add (on 2 cores at 1,000 probes: 18 %
+/// of a core and lag p50 31 µs on one thread, 25 % and 55 µs on two).
+/// Brokers' client libraries (librdkafka) and blocking work have threads of their own.
+pub fn worker_threads() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1)
+}
+
 /// One probe as the runtime runs it.
 struct Started {
     watched: Watched,

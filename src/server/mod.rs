@@ -101,13 +101,18 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     // With a thousand probes a scrape takes ~100 ms of CPU: the worker's
     // queue moves to another thread meanwhile, so the probes' slots queued
     // behind the scrape are not held up.
-    let body = tokio::task::block_in_place(|| {
+    let render = || {
         state
             .exposition
             .as_ref()
             .map(|e| e.render(format))
             .unwrap_or_default()
-    });
+    };
+    // (A single-threaded runtime, as in some tests, has no queue to move.)
+    let body = match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(render),
+        _ => render(),
+    };
     if body.len() > LARGE_SCRAPE {
         // Building it took several times its size in small allocations.
         listener::give_back_now();
