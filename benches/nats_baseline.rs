@@ -1,7 +1,7 @@
 //! Benchmark: chirp's end-to-end latency on a local nats-server next to a
 //! minimal raw async-nats publish→subscribe loop, measured in one run at the
-//! same rate, message size and connection layout (one client publishing and
-//! subscribing). The raw loop keeps its slots with chirp's precise timer, and
+//! same rate and message size. (chirp publishes and subscribes on two
+//! clients of one named connection, the raw loop on one client.) The raw loop keeps its slots with chirp's precise timer, and
 //! is measured from its actual publish call: what a pipeline costs with no
 //! prober in the way. chirp is measured as it reports, from each canary's
 //! intended slot, so its schedule lag and its own overhead are in its
