@@ -42,7 +42,10 @@ pub(crate) struct Flusher {
 
 impl Flusher {
     /// A flusher for `client`, its task spawned on the current runtime; the
-    /// task ends when the last holder drops the flusher.
+    /// task ends when the last holder drops the flusher. It belongs to the
+    /// client, as the client's own connection task does, not to the
+    /// runtime's tracked tasks: those are waited for before clients close,
+    /// and canaries being confirmed at shutdown still need their flush.
     pub(crate) fn start(client: Client) -> Arc<Flusher> {
         let wake = Arc::new(Notify::new());
         let flusher = Arc::new(Flusher {
