@@ -44,7 +44,7 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
     let pc = config.probes[0].clone();
     let signer = Signer::new(KEY.as_bytes());
     let tasks = TaskTracker::new();
-    let probe = Arc::new(Probe::new(pc.clone(), 7, signer.clone(), None, Vec::new(), tasks.clone()));
+    let probe = Arc::new(Probe::new(pc.clone(), 7, signer.clone(), None, Vec::new()));
     let ctx = Context {
         run_id: 7,
         signer: signer.clone(),
