@@ -624,7 +624,7 @@ fn check_slo(slo: &Slo, deadline: Duration, path: &str, p: &mut Problems) {
     }
     let day_ms = 86_400_000u128;
     let slice_ms = slo.slice.as_millis();
-    if slice_ms < 1000 || slo.slice.subsec_nanos() != 0 || day_ms % slice_ms != 0 {
+    if slice_ms < 1000 || slo.slice.subsec_nanos() != 0 || !day_ms.is_multiple_of(slice_ms) {
         p.add(
             child(path, "slice"),
             format!(
@@ -632,7 +632,7 @@ fn check_slo(slo: &Slo, deadline: Duration, path: &str, p: &mut Problems) {
                 show(slo.slice)
             ),
         );
-    } else if slo.period.as_millis() % slice_ms != 0 || slo.period < slo.slice {
+    } else if !slo.period.as_millis().is_multiple_of(slice_ms) || slo.period < slo.slice {
         p.add(
             child(path, "period"),
             format!(

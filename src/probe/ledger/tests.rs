@@ -209,7 +209,7 @@ async fn memory_is_bounded_and_old_arrivals_are_late() {
         tokio::time::sleep_until(at).await;
         let seq = l.send(Instant::now(), &mut Vec::new());
         l.expire(Instant::now(), &mut Vec::new());
-        if seq % 2 == 0 {
+        if seq.is_multiple_of(2) {
             l.caught(seq, Instant::now(), &mut Vec::new());
         }
     }
