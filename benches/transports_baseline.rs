@@ -1,11 +1,12 @@
 //! Benchmark: chirp next to a raw client loop on the same broker, in one
 //! run, for the transports with a broker acknowledgement: JetStream (PubAck),
-//! MQTT (QoS 1 PUBACK) and RabbitMQ (publisher confirms). Same rate, message size and layout;
+//! MQTT (QoS 1 PUBACK), RabbitMQ (publisher confirms) and Redis Streams
+//! (XADD's reply; read as a consumer group, XACK after). Same rate, message size and layout;
 //! both measure end-to-end latency from the intended slot and the publish
 //! latency (send → broker's ack). The raw loops keep their slots with
 //! chirp's precise timer, so both carry the same schedule. Run with
-//! `cargo bench --bench transports_baseline` (needs nats-server, mosquitto
-//! and rabbitmq-server). Figures only: nothing here asserts a speed.
+//! `cargo bench --bench transports_baseline` (needs nats-server, mosquitto,
+//! rabbitmq-server and redis-server). Figures only: nothing here asserts a speed.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -221,6 +222,103 @@ async fn raw_mqtt(port: u16) -> Raw {
     }
 }
 
+async fn raw_redis(server: &support::brokers::RedisServer) -> Raw {
+    let mut reader = server.client().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("bench.raw")
+        .arg("raw")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut reader)
+        .await
+        .expect("XGROUP CREATE");
+    let mut publisher = server.client().await;
+    let start = chirp::timer::align(Instant::now());
+    let timer = chirp::timer::Timer::precise();
+    let collector = tokio::spawn(async move {
+        let mut e2e = Histogram::<u64>::new(3).expect("histogram");
+        while e2e.len() < COUNT {
+            let reply: redis::Value = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg("raw")
+                .arg("bench")
+                .arg("COUNT")
+                .arg(256)
+                .arg("BLOCK")
+                .arg(1000)
+                .arg("STREAMS")
+                .arg("bench.raw")
+                .arg(">")
+                .query_async(&mut reader)
+                .await
+                .expect("XREADGROUP");
+            let redis::Value::Array(streams) = reply else {
+                continue;
+            };
+            let mut ids = Vec::new();
+            for s in streams {
+                let redis::Value::Array(pair) = s else {
+                    continue;
+                };
+                let Some(redis::Value::Array(entries)) = pair.get(1) else {
+                    continue;
+                };
+                for e in entries {
+                    let redis::Value::Array(parts) = e else {
+                        continue;
+                    };
+                    let (Some(redis::Value::BulkString(id)), Some(redis::Value::Array(f))) =
+                        (parts.first(), parts.get(1))
+                    else {
+                        continue;
+                    };
+                    let now = Instant::now().saturating_duration_since(start).as_micros() as u64;
+                    if let Some(redis::Value::BulkString(body)) = f.get(1) {
+                        e2e.record(now.saturating_sub(slot_of(body)))
+                            .expect("record");
+                    }
+                    ids.push(id.clone());
+                }
+            }
+            let _: i64 = redis::cmd("XACK")
+                .arg("bench.raw")
+                .arg("raw")
+                .arg(&ids)
+                .query_async(&mut reader)
+                .await
+                .expect("XACK");
+        }
+        e2e
+    });
+    let mut publish = Histogram::<u64>::new(3).expect("histogram");
+    for i in 0..COUNT {
+        let intended = start + INTERVAL * i as u32;
+        timer.sleep_until(intended).await;
+        let sent = Instant::now();
+        let _: String = redis::cmd("XADD")
+            .arg("bench.raw")
+            .arg("*")
+            .arg("payload")
+            .arg(payload(start, intended))
+            .query_async(&mut publisher)
+            .await
+            .expect("XADD");
+        publish
+            .record(sent.elapsed().as_micros() as u64)
+            .expect("record");
+    }
+    let e2e = tokio::time::timeout(Duration::from_secs(30), collector)
+        .await
+        .expect("all back")
+        .expect("collector");
+    Raw {
+        start,
+        e2e,
+        publish,
+    }
+}
+
 /// chirp's loop through `inject`/`catch` on `connection`: its end-to-end
 /// and publish latency histograms, rebuilt from its summaries' percentiles.
 async fn chirp(connection: (&str, String), inject: &str, catch: &str, name: &str) {
@@ -265,61 +363,96 @@ fn main() {
     println!(
         "{COUNT} messages of {SIZE} bytes every {INTERVAL:?}; raw loop, chirp, raw loop again"
     );
-    let nats = support::brokers::NatsServer::with_jetstream();
-    rt.block_on(async {
-        let js = support::targets::JetStream { server: nats };
-        js.create_stream("bench.chirp").await;
-        for round in 0..2 {
-            let r = raw_jetstream(&js.server.url()).await;
-            let _ = r.start;
-            row("jetstream: raw loop", &r.e2e, &r.publish);
-            if round == 0 {
-                chirp(
-                    ("main", format!("nats: {{url: \"{}\"}}", js.server.url())),
-                    "{jetstream: {connection: main, subject: bench.chirp}}",
-                    "{jetstream: {connection: main, stream: bench_chirp}}",
-                    "jetstream: chirp",
-                )
-                .await;
+    // `cargo bench --bench transports_baseline -- redis`: only the transports named.
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wanted = |t: &str| named.is_empty() || named.iter().any(|n| n == t);
+    if wanted("jetstream") {
+        let nats = support::brokers::NatsServer::with_jetstream();
+        rt.block_on(async {
+            let js = support::targets::JetStream { server: nats };
+            js.create_stream("bench.chirp").await;
+            for round in 0..2 {
+                let r = raw_jetstream(&js.server.url()).await;
+                let _ = r.start;
+                row("jetstream: raw loop", &r.e2e, &r.publish);
+                if round == 0 {
+                    chirp(
+                        ("main", format!("nats: {{url: \"{}\"}}", js.server.url())),
+                        "{jetstream: {connection: main, subject: bench.chirp}}",
+                        "{jetstream: {connection: main, stream: bench_chirp}}",
+                        "jetstream: chirp",
+                    )
+                    .await;
+                }
             }
-        }
-    });
-    let mosquitto = support::brokers::MosquittoServer::start();
-    rt.block_on(async {
-        for round in 0..2 {
-            let r = raw_mqtt(mosquitto.port).await;
-            row("mqtt: raw loop", &r.e2e, &r.publish);
-            if round == 0 {
-                chirp(
-                    ("main", format!("mqtt: {{url: \"{}\"}}", mosquitto.url())),
-                    "{mqtt: {connection: main, topic: bench/chirp}}",
-                    "{mqtt: {connection: main, topic: bench/chirp}}",
-                    "mqtt: chirp",
-                )
-                .await;
+        });
+    }
+    if wanted("mqtt") {
+        let mosquitto = support::brokers::MosquittoServer::start();
+        rt.block_on(async {
+            for round in 0..2 {
+                let r = raw_mqtt(mosquitto.port).await;
+                row("mqtt: raw loop", &r.e2e, &r.publish);
+                if round == 0 {
+                    chirp(
+                        ("main", format!("mqtt: {{url: \"{}\"}}", mosquitto.url())),
+                        "{mqtt: {connection: main, topic: bench/chirp}}",
+                        "{mqtt: {connection: main, topic: bench/chirp}}",
+                        "mqtt: chirp",
+                    )
+                    .await;
+                }
             }
-        }
-    });
-    let rabbit = support::brokers::RabbitMq::start();
-    rt.block_on(async {
-        let t = support::targets::Rabbit::around(rabbit);
-        t.declare("bench.chirp").await;
-        let url = t.server.url();
-        for round in 0..2 {
-            let r = raw_rabbit(&t).await;
-            row("amqp: raw loop", &r.e2e, &r.publish);
-            if round == 0 {
-                chirp(
-                    ("main", format!("amqp: {{url: \"{url}\"}}")),
-                    &format!(
+        });
+    }
+    if wanted("amqp") {
+        let rabbit = support::brokers::RabbitMq::start();
+        rt.block_on(async {
+            let t = support::targets::Rabbit::around(rabbit);
+            t.declare("bench.chirp").await;
+            let url = t.server.url();
+            for round in 0..2 {
+                let r = raw_rabbit(&t).await;
+                row("amqp: raw loop", &r.e2e, &r.publish);
+                if round == 0 {
+                    chirp(
+                        ("main", format!("amqp: {{url: \"{url}\"}}")),
+                        &format!(
                         "{{amqp: {{connection: main, exchange: {}, routing_key: bench.chirp}}}}",
                         support::targets::RABBIT_EXCHANGE
                     ),
-                    "{amqp: {connection: main, queue: bench.chirp}}",
-                    "amqp: chirp",
-                )
-                .await;
+                        "{amqp: {connection: main, queue: bench.chirp}}",
+                        "amqp: chirp",
+                    )
+                    .await;
+                }
             }
-        }
-    });
+        });
+    }
+    if wanted("redis") {
+        let redis = support::brokers::RedisServer::start();
+        rt.block_on(async {
+            for round in 0..2 {
+                let r = raw_redis(&redis).await;
+                row("redis: raw loop", &r.e2e, &r.publish);
+                let _: () = redis::cmd("DEL")
+                    .arg("bench.raw")
+                    .query_async(&mut redis.client().await)
+                    .await
+                    .expect("DEL");
+                if round == 0 {
+                    chirp(
+                        ("main", format!("redis: {{url: \"{}\"}}", redis.url())),
+                        "{redis: {connection: main, stream: bench.chirp}}",
+                        "{redis: {connection: main, stream: bench.chirp, group: chirp}}",
+                        "redis: chirp",
+                    )
+                    .await;
+                }
+            }
+        });
+    }
 }

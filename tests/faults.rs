@@ -19,7 +19,7 @@ mod support;
 use chirp::canary::{Signer, Token};
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
-use support::targets::{JetStream, Kafka, Mqtt, Nats, Plan, Rabbit, Target, Webhook};
+use support::targets::{JetStream, Kafka, Mqtt, Nats, Plan, Rabbit, Redis, Target, Webhook};
 use support::{free_port, wait_for, Conf, Scrape, KEY};
 use tokio::time::Instant;
 
@@ -404,6 +404,7 @@ suite! {
     kafka: Kafka => [relay_faults, restart, down_at_start, garbage, dead_letters];
     http: Webhook => [relay_faults, restart, down_at_start, garbage];
     mqtt: Mqtt => [relay_faults, restart, down_at_start, garbage, dead_letters];
+    redis: Redis => [relay_faults, restart, down_at_start, garbage, dead_letters];
 }
 
 /// The webhook receiver's own checks: unsigned and badly signed requests are
@@ -1204,4 +1205,98 @@ async fn mqtt_a_reloaded_connection_takes_over_without_a_fight() {
         log.contains(" as chirp-m-catch-") && log.contains("-1 (p5, c0"),
         "{log}"
     );
+}
+
+/// Redis: acknowledgements that never land (an ACL refuses `XACK` to
+/// chirp's user) leave every entry pending. Once the test kills chirp's
+/// connections, the catch reads its pending entries again: each comes back
+/// once, a duplicate, as many as were delivered, and Redis saw each
+/// delivered to chirp exactly twice. A user that may not `XADD` fails
+/// every publish as `auth`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_unacknowledged_entries_come_back_as_duplicates_and_refused_appends_are_auth() {
+    use chirp::outcome::FailureKind;
+    let server = support::RedisServer::start_with(
+        "user noack on >pw ~* &* +@all -xack\nuser ro on >pw ~* &* +@all -xadd",
+    );
+    let url = |user: &str| format!("redis://{user}:pw@127.0.0.1:{}", server.port);
+    let config = Conf::new()
+        .connection("noack", format!("redis: {{url: \"{}\"}}", url("noack")))
+        .connection("ro", format!("redis: {{url: \"{}\"}}", url("ro")))
+        .probe("{name: dup, interval: 20ms, deadline: 3s, inject: {redis: {connection: noack, stream: d}}, catch: {redis: {connection: noack, stream: d, group: g}}}")
+        .probe("{name: denied, interval: 20ms, deadline: 3s, inject: {redis: {connection: ro, stream: x}}, catch: {redis: {connection: noack, stream: x}}}")
+        .build();
+    const N: u64 = 30;
+    let mut rt = support::start_counted(&config, N).await;
+    rt.injection_done().await;
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    let (dup, denied) = (support::probe(&rt, "dup"), support::probe(&rt, "denied"));
+    let c = dup.counts();
+    assert_eq!((c.sent, c.delivered, c.duplicate), (N, N, 0), "{c:?}");
+    let d = denied.counts();
+    assert_eq!((d.sent, d.failed(FailureKind::Auth)), (N, N), "{d:?}");
+
+    let mut admin = server.client().await;
+    let killed: i64 = ::redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("USER")
+        .arg("noack")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(killed >= 2, "the inject and catch clients: {killed}");
+    wait_for("the pending entries again", Duration::from_secs(10), || {
+        dup.counts().duplicate >= N
+    })
+    .await;
+    let c = dup.counts();
+    assert_eq!((c.delivered, c.duplicate, c.lost), (N, N, 0), "{c:?}");
+    assert!(c.invariant_holds(), "{c:?}");
+    // Redis' own count: every entry delivered to chirp twice, still pending.
+    let pending: Vec<(String, String, i64, i64)> = ::redis::cmd("XPENDING")
+        .arg("d")
+        .arg("g")
+        .arg("-")
+        .arg("+")
+        .arg(1000)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(pending.len() as u64, N);
+    assert!(
+        pending.iter().all(|p| p.1 == "chirp-dup" && p.3 == 2),
+        "{pending:?}"
+    );
+    rt.shutdown().await;
+}
+
+/// Redis: a catch without a group reads from the stream's end, so entries
+/// already in the stream when chirp starts are never read (not even as
+/// unrelated); `maxlen` keeps the stream trimmed while canaries flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_plain_reads_start_at_the_end_and_maxlen_trims() {
+    // Approximate trimming drops whole nodes: 10 entries each here.
+    let server = support::RedisServer::start_with("stream-node-max-entries 10");
+    let mut c = server.client().await;
+    for _ in 0..20 {
+        support::targets::redis_add(&mut c, "s", None, br#"{"order":1}"#).await;
+    }
+    let config = Conf::new()
+        .connection("r", format!("redis: {{url: \"{}\"}}", server.url()))
+        .probe("{name: tail, interval: 10ms, deadline: 3s, inject: {redis: {connection: r, stream: s, maxlen: 5}}, catch: {redis: {connection: r, stream: s}}}")
+        .build();
+    const N: u64 = 100;
+    let mut rt = support::start_counted(&config, N).await;
+    rt.injection_done().await;
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    let k = support::probe(&rt, "tail").counts();
+    assert_eq!((k.sent, k.delivered, k.unrelated), (N, N, 0), "{k:?}");
+    assert!(k.invariant_holds(), "{k:?}");
+    let len: u64 = ::redis::cmd("XLEN")
+        .arg("s")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(len <= 5 + 10, "trimmed to about 5: {len}");
+    rt.shutdown().await;
 }

@@ -84,6 +84,7 @@ pub struct Connections {
     kafka: BTreeMap<String, kafka::Connected>,
     amqp: BTreeMap<String, amqp::Connected>,
     mqtt: BTreeMap<String, mqtt::Connected>,
+    redis: BTreeMap<String, redis::Connected>,
     links: Vec<Arc<LinkStatus>>,
 }
 
@@ -124,6 +125,11 @@ pub async fn connect_needed(
                 let conn = mqtt::connect(name, c, need.roles, ctx).await?;
                 out.links.extend(conn.links());
                 out.mqtt.insert(name.clone(), conn);
+            }
+            ConnectionConfig::Redis(c) => {
+                let conn = redis::connect(name, c, need.roles, ctx).await?;
+                out.links.extend(conn.links());
+                out.redis.insert(name.clone(), conn);
             }
         }
     }
@@ -185,6 +191,9 @@ impl Connections {
                 c,
                 publish_timeout,
             )?),
+            InjectConfig::Redis(c) => {
+                redis::inject::build(named(&self.redis, &c.connection)?, c, publish_timeout, ctx)?
+            }
         })
     }
 
@@ -212,6 +221,9 @@ impl Connections {
             CatchConfig::Mqtt(c) => {
                 mqtt::catch::start(named(&self.mqtt, &c.connection)?, c, sink, ctx).await?
             }
+            CatchConfig::Redis(c) => {
+                redis::catch::start(named(&self.redis, &c.connection)?, c, sink, ctx).await?
+            }
         })
     }
 
@@ -237,6 +249,9 @@ impl Connections {
             if let Some(c) = self.mqtt.remove(name) {
                 out.mqtt.insert(name.clone(), c);
             }
+            if let Some(c) = self.redis.remove(name) {
+                out.redis.insert(name.clone(), c);
+            }
         }
         let (gone, kept) = std::mem::take(&mut self.links)
             .into_iter()
@@ -252,6 +267,7 @@ impl Connections {
         self.kafka.extend(other.kafka);
         self.amqp.extend(other.amqp);
         self.mqtt.extend(other.mqtt);
+        self.redis.extend(other.redis);
         self.links.extend(other.links);
     }
 
@@ -266,5 +282,7 @@ impl Connections {
         drop(self.nats);
         // Ends their event loop tasks, which disconnect.
         drop(self.mqtt);
+        // Ends the inject clients' supervisors; the catches end with their probes.
+        drop(self.redis);
     }
 }

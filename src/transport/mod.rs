@@ -13,6 +13,7 @@ pub mod jetstream;
 pub mod kafka;
 pub mod mqtt;
 pub mod nats;
+pub mod redis;
 
 pub use connections::{connect, connect_needed, needs, Connections, Need, Roles};
 pub use errors::{chain, classify_io};
@@ -33,7 +34,7 @@ use tokio_util::task::TaskTracker;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Transports chirp will have but does not have yet.
-const PLANNED: [&str; 3] = ["pubsub", "sqs", "redis"];
+const PLANNED: [&str; 2] = ["pubsub", "sqs"];
 
 const ONE_TRANSPORT: &str =
     "name exactly one transport, e.g. `nats: {connection: main, subject: orders.in}`";
@@ -136,6 +137,7 @@ pub enum ConnectionConfig {
     Kafka(kafka::config::ConnectionConfig),
     Amqp(amqp::config::ConnectionConfig),
     Mqtt(mqtt::config::ConnectionConfig),
+    Redis(redis::config::ConnectionConfig),
 }
 
 /// Where a probe's canaries go in.
@@ -147,6 +149,7 @@ pub enum InjectConfig {
     Kafka(kafka::config::InjectConfig),
     Amqp(amqp::config::InjectConfig),
     Mqtt(mqtt::config::InjectConfig),
+    Redis(redis::config::InjectConfig),
 }
 
 /// Where a probe's canaries come out.
@@ -158,6 +161,7 @@ pub enum CatchConfig {
     Kafka(kafka::config::CatchConfig),
     Amqp(amqp::config::CatchConfig),
     Mqtt(mqtt::config::CatchConfig),
+    Redis(redis::config::CatchConfig),
 }
 
 one_transport!(ConnectionConfig {
@@ -165,6 +169,7 @@ one_transport!(ConnectionConfig {
     "kafka" => Kafka(kafka::config::ConnectionConfig),
     "amqp" => Amqp(amqp::config::ConnectionConfig),
     "mqtt" => Mqtt(mqtt::config::ConnectionConfig),
+    "redis" => Redis(redis::config::ConnectionConfig),
 });
 one_transport!(InjectConfig {
     "nats" => Nats(nats::config::InjectConfig),
@@ -173,6 +178,7 @@ one_transport!(InjectConfig {
     "kafka" => Kafka(kafka::config::InjectConfig),
     "amqp" => Amqp(amqp::config::InjectConfig),
     "mqtt" => Mqtt(mqtt::config::InjectConfig),
+    "redis" => Redis(redis::config::InjectConfig),
 });
 one_transport!(CatchConfig {
     "nats" => Nats(nats::config::CatchConfig),
@@ -181,6 +187,7 @@ one_transport!(CatchConfig {
     "kafka" => Kafka(kafka::config::CatchConfig),
     "amqp" => Amqp(amqp::config::CatchConfig),
     "mqtt" => Mqtt(mqtt::config::CatchConfig),
+    "redis" => Redis(redis::config::CatchConfig),
 });
 
 impl ConnectionConfig {
@@ -190,6 +197,7 @@ impl ConnectionConfig {
             ConnectionConfig::Kafka(_) => "kafka",
             ConnectionConfig::Amqp(_) => "amqp",
             ConnectionConfig::Mqtt(_) => "mqtt",
+            ConnectionConfig::Redis(_) => "redis",
         }
     }
 
@@ -200,6 +208,7 @@ impl ConnectionConfig {
             ConnectionConfig::Kafka(c) => c.validate(&path, p),
             ConnectionConfig::Amqp(c) => c.validate(&path, p),
             ConnectionConfig::Mqtt(c) => c.validate(&path, p),
+            ConnectionConfig::Redis(c) => c.validate(&path, p),
         }
     }
 }
@@ -228,6 +237,7 @@ impl InjectConfig {
             InjectConfig::Kafka(c) => kafka::config::end(&c.topic, &c.connection),
             InjectConfig::Amqp(c) => amqp::config::inject_end(c),
             InjectConfig::Mqtt(c) => mqtt::config::end(&c.topic, &c.connection),
+            InjectConfig::Redis(c) => redis::config::end(&c.stream, &c.connection),
         }
     }
 
@@ -249,6 +259,7 @@ impl InjectConfig {
             InjectConfig::Kafka(c) => c.validate(&path, p),
             InjectConfig::Amqp(c) => c.validate(&path, p),
             InjectConfig::Mqtt(c) => c.validate(&path, p),
+            InjectConfig::Redis(c) => c.validate(&path, p),
         }
         check_connection(&self.end(), &path, conns, p);
     }
@@ -269,6 +280,7 @@ impl CatchConfig {
             CatchConfig::Kafka(c) => kafka::config::end(&c.topic, &c.connection),
             CatchConfig::Amqp(c) => amqp::config::catch_end(c),
             CatchConfig::Mqtt(c) => mqtt::config::end(&c.topic, &c.connection),
+            CatchConfig::Redis(c) => redis::config::end(&c.stream, &c.connection),
         }
     }
 
@@ -290,6 +302,7 @@ impl CatchConfig {
             CatchConfig::Kafka(c) => c.validate(&path, p),
             CatchConfig::Amqp(c) => c.validate(&path, p),
             CatchConfig::Mqtt(c) => c.validate(&path, p),
+            CatchConfig::Redis(c) => c.validate(&path, p),
         }
         check_connection(&self.end(""), &path, conns, p);
     }

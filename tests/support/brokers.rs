@@ -1,5 +1,5 @@
 //! Brokers the tests start themselves, on free ports with their own data
-//! directories, and can kill and restart: nats-server, mosquitto, tansu (a
+//! directories, and can kill and restart: nats-server, mosquitto, redis-server, tansu (a
 //! Kafka-compatible broker) and librdkafka's mock cluster (in this process).
 
 use super::{find_bin, free_port, TempDir};
@@ -326,6 +326,108 @@ impl MosquittoServer {
 }
 
 impl Drop for MosquittoServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A redis-server started by the test on a free port, keeping nothing on
+/// disk (an outage loses what the streams held, as a crash of an
+/// unpersisted server does), stopped on drop.
+pub struct RedisServer {
+    pub port: u16,
+    bin: PathBuf,
+    dir: TempDir,
+    /// Extra `redis.conf` lines (an ACL user, TLS).
+    extra: String,
+    /// Files the configuration names.
+    keep: Option<TempDir>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        Self::start_with("")
+    }
+
+    /// With extra configuration lines; `{port}` in them is the server's
+    /// port, `{dir}` its directory.
+    pub fn start_with(extra: &str) -> RedisServer {
+        let (port, dir) = (free_port(), TempDir::new("redis"));
+        let extra = extra
+            .replace("{port}", &port.to_string())
+            .replace("{dir}", &dir.path().display().to_string());
+        let mut s = RedisServer {
+            port,
+            bin: find_bin("redis-server", "redis-server"),
+            dir,
+            extra,
+            keep: None,
+            child: None,
+        };
+        s.restart();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Serving TLS only, with this certificate; clients need none of their own.
+    pub fn with_tls(cert_pem: &str, key_pem: &str) -> RedisServer {
+        let files = TempDir::new("redis-tls");
+        let cert = files.write("server.pem", cert_pem);
+        let key = files.write("server.key", key_pem);
+        let mut s = Self::start_with(&format!(
+            "port 0\ntls-port {{port}}\ntls-cert-file {}\ntls-key-file {}\ntls-auth-clients no",
+            cert.display(),
+            key.display()
+        ));
+        s.keep = Some(files);
+        s
+    }
+
+    /// A client of the test's own.
+    pub async fn client(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connect")
+    }
+
+    /// Starts (or starts again) on the same port, and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let conf = format!(
+            "port {}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {}\nlogfile {}\n{}\n",
+            self.port,
+            self.dir.path().display(),
+            self.dir.path().join("redis.log").display(),
+            self.extra
+        );
+        let conf = self.dir.write("redis.conf", conf);
+        let child = Command::new(&self.bin)
+            .arg(conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start redis-server");
+        self.child = Some(child);
+        wait_for_port(self.port, "redis-server");
+    }
+
+    /// Kills the server abruptly (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }

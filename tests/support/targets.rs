@@ -3,7 +3,7 @@
 //! line to the list in `tests/faults.rs`; every scenario (relay faults,
 //! broker or endpoint restart, garbage at the sink) then runs on it.
 
-use super::brokers::{create_topics, MosquittoServer, NatsServer, RabbitMq, Tansu};
+use super::brokers::{create_topics, MosquittoServer, NatsServer, RabbitMq, RedisServer, Tansu};
 use super::{free_port, KEY};
 use axum::body::Bytes;
 use axum::http::HeaderMap;
@@ -881,6 +881,198 @@ impl Target for Mqtt {
 
     fn tolerance(&self) -> Duration {
         // Scheduling, loopback, two broker hops and their PUBACKs on a busy 2-core machine.
+        Duration::from_millis(25)
+    }
+
+    fn outage_kind(&self) -> FailureKind {
+        FailureKind::Unavailable
+    }
+}
+
+// ---------------------------------------------------------------- Redis
+
+/// Redis Streams; the catch reads as consumer group `chirp`.
+pub struct Redis {
+    pub server: RedisServer,
+}
+
+/// Appends an entry as a pipeline would: the token field (if any) and the body.
+pub async fn redis_add(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    token: Option<&str>,
+    body: &[u8],
+) {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*");
+    if let Some(t) = token {
+        cmd.arg(HEADER).arg(t);
+    }
+    cmd.arg("payload").arg(body);
+    let _: String = cmd.query_async(conn).await.expect("XADD");
+}
+
+/// Reads `stream` from its current end until the task is aborted, handing
+/// each entry on as a `Msg`; returns once the position is taken.
+pub async fn redis_tail(
+    server: &RedisServer,
+    stream: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<Msg> {
+    let mut conn = server.client().await;
+    let last: redis::Value = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .expect("XREVRANGE");
+    let mut from = match last {
+        redis::Value::Array(es) if !es.is_empty() => entry_id(&es[0]),
+        _ => "0-0".to_owned(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let stream = stream.to_owned();
+    tokio::spawn(async move {
+        loop {
+            let reply: redis::Value = match redis::cmd("XREAD")
+                .arg("BLOCK")
+                .arg(0)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(&from)
+                .query_async(&mut conn)
+                .await
+            {
+                Ok(v) => v,
+                Err(_) => return,
+            };
+            let redis::Value::Array(streams) = reply else {
+                continue;
+            };
+            for s in streams {
+                let redis::Value::Array(pair) = s else {
+                    continue;
+                };
+                let Some(redis::Value::Array(entries)) = pair.get(1) else {
+                    continue;
+                };
+                for e in entries {
+                    from = entry_id(e);
+                    let redis::Value::Array(parts) = e else {
+                        continue;
+                    };
+                    let Some(redis::Value::Array(fields)) = parts.get(1) else {
+                        continue;
+                    };
+                    let text = |v: &redis::Value| match v {
+                        redis::Value::BulkString(b) => b.clone(),
+                        _ => Vec::new(),
+                    };
+                    let mut msg = Msg {
+                        token: None,
+                        body: Vec::new(),
+                        to: None,
+                    };
+                    for kv in fields.chunks_exact(2) {
+                        match text(&kv[0]).as_slice() {
+                            k if k == HEADER.as_bytes() => {
+                                msg.token =
+                                    Some(String::from_utf8_lossy(&text(&kv[1])).into_owned())
+                            }
+                            b"payload" => msg.body = text(&kv[1]),
+                            _ => {}
+                        }
+                    }
+                    if tx.send(msg).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+fn entry_id(e: &redis::Value) -> String {
+    match e {
+        redis::Value::Array(parts) => match parts.first() {
+            Some(redis::Value::BulkString(id)) => String::from_utf8_lossy(id).into_owned(),
+            _ => "0-0".to_owned(),
+        },
+        _ => "0-0".to_owned(),
+    }
+}
+
+impl Target for Redis {
+    async fn start(_chirp_port: u16) -> Self {
+        Redis {
+            server: RedisServer::start(),
+        }
+    }
+
+    fn connection(&self) -> Option<(String, String)> {
+        Some((
+            "r".into(),
+            format!("redis: {{url: \"{}\"}}", self.server.url()),
+        ))
+    }
+
+    fn inject(&self, dest: &str) -> String {
+        format!("{{redis: {{connection: r, stream: {dest}}}}}")
+    }
+
+    fn catch(&self, dest: &str) -> String {
+        format!("{{redis: {{connection: r, stream: {dest}, group: chirp}}}}")
+    }
+
+    async fn prepare(&self, _dests: &[&str]) {}
+
+    async fn relay(&self, from: &str, to: &str, _probe: &str, plan: Plan) -> JoinHandle<()> {
+        let mut input = redis_tail(&self.server, from).await;
+        let out = self.server.client().await;
+        let to = to.to_owned();
+        let queue = forwarder(move |m: Msg| {
+            let (mut c, to) = (out.clone(), m.to.clone().unwrap_or_else(|| to.clone()));
+            async move { redis_add(&mut c, &to, m.token.as_deref(), &m.body).await }
+        });
+        tokio::spawn(async move {
+            let mut relay = Relay::new(plan);
+            while let Some(m) = input.recv().await {
+                let _ = queue.send(relay.on(m));
+            }
+        })
+    }
+
+    async fn publish(&self, dest: &str, _probe: &str, token: Option<&str>, body: Vec<u8>) {
+        let mut c = self.server.client().await;
+        redis_add(&mut c, dest, token, &body).await;
+    }
+
+    async fn looped(&self, name: &str) -> Looped {
+        let dest = format!("{name}.loop");
+        Looped {
+            inject: self.inject(&dest),
+            catch: self.catch(&dest),
+            dest,
+        }
+    }
+
+    fn kill(&mut self) {
+        self.server.kill();
+    }
+
+    async fn restart(&mut self) {
+        self.server.restart();
+    }
+
+    fn reports_down(&self) -> bool {
+        true
+    }
+
+    fn tolerance(&self) -> Duration {
+        // Scheduling, loopback and the relay's own reads on a busy 2-core machine.
         Duration::from_millis(25)
     }
 
