@@ -204,6 +204,12 @@ fn is_token_byte(b: u8) -> bool {
 /// Finds the first token-shaped string in `body` (by its `chirp1.` prefix).
 /// Returns the candidate even if it turns out malformed, so the caller can
 /// count it as rejected rather than unrelated.
+///
+/// Binary encodings (Avro, Protobuf) put a length before a string and the
+/// next field after it, and either may be a byte that could belong to a
+/// token: a candidate ends after its MAC once it has a token's shape, and a
+/// prefix glued to the byte before it counts only when a whole well-formed
+/// token follows (so `xchirp1.word` in text is still no token).
 pub fn scan(body: &[u8]) -> Option<&str> {
     let prefix = PREFIX.as_bytes();
     let mut from = 0;
@@ -212,20 +218,39 @@ pub fn scan(body: &[u8]) -> Option<&str> {
             .windows(prefix.len())
             .position(|w| w == prefix)?;
         let start = from + rel;
-        // A prefix glued to a longer word (`xchirp1.`) is not a token start.
-        if start > 0 && is_token_byte(body[start - 1]) {
+        let (len, whole) = candidate(&body[start..]);
+        if start > 0 && is_token_byte(body[start - 1]) && !whole {
             from = start + 1;
             continue;
         }
-        let len = body[start..]
-            .iter()
-            .take(MAX_LEN + 1)
-            .take_while(|b| is_token_byte(**b))
-            .count();
         // Token bytes are ASCII, so this slice is valid UTF-8.
         return std::str::from_utf8(&body[start..start + len]).ok();
     }
     None
+}
+
+/// The length of the token candidate at the start of `b`, and whether it
+/// has a whole token's shape (six dots, then a MAC of hex digits).
+fn candidate(b: &[u8]) -> (usize, bool) {
+    let greedy = b
+        .iter()
+        .take(MAX_LEN + 1)
+        .take_while(|c| is_token_byte(**c))
+        .count();
+    let mut dots = 0;
+    for (i, c) in b[..greedy].iter().enumerate() {
+        if *c == b'.' {
+            dots += 1;
+            if dots == 6 {
+                let end = i + 1 + MAC_LEN * 2;
+                if end <= greedy && b[i + 1..end].iter().all(u8::is_ascii_hexdigit) {
+                    return (end, true);
+                }
+                break;
+            }
+        }
+    }
+    (greedy, false)
 }
 
 /// Where a token was looked for in a message, in order: header, JSON pointer, body scan.
@@ -404,6 +429,16 @@ mod tests {
         assert_eq!(scan(wrapped.as_bytes()), Some(enc.as_str()));
         assert_eq!(scan(b"no token here"), None);
         assert_eq!(scan(b"xchirp1.not-a-start"), None);
+        // In a binary encoding: a length byte before, the next field after.
+        let mut framed = vec![0x0a, b'U'];
+        framed.extend_from_slice(enc.as_bytes());
+        framed.extend_from_slice(b"T\x02");
+        assert_eq!(scan(&framed), Some(enc.as_str()));
+        // A malformed candidate keeps its old reading: everything token-like.
+        assert_eq!(
+            scan(b" chirp1.a.b.c.d.e.f.zz"),
+            Some("chirp1.a.b.c.d.e.f.zz")
+        );
     }
 
     #[test]

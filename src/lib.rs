@@ -18,6 +18,7 @@ pub mod config;
 pub mod export;
 pub mod history;
 pub mod outcome;
+pub mod payload;
 pub mod probe;
 pub mod report;
 pub mod runtime;

@@ -82,6 +82,8 @@ pub struct Payload {
     pub size: usize,
     /// Where the catch side looks for the token in a JSON body (RFC 6901), before scanning.
     pub token_pointer: Option<String>,
+    /// The user's event shape, compiled (and one canary rendered) at load.
+    pub template: Option<std::sync::Arc<crate::payload::Template>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -240,11 +242,47 @@ fn prepare(value: &mut Value, path: &str, env: &dyn Env, p: &mut Problems) {
                     }
                     v = Value::Mapping(Default::default());
                 }
-                prepare(&mut v, &child(path, &key), env, p);
+                let at = child(path, &key);
+                if key == "template" && (path == "payload" || path.ends_with(".payload")) {
+                    // The user's event shape: its numbers, booleans and
+                    // nulls stay what they are.
+                    prepare_template(&mut v, &at, env, p);
+                } else {
+                    prepare(&mut v, &at, env, p);
+                }
                 m.insert(Value::String(key), v);
             }
         }
         Value::Null | Value::Tagged(_) => {}
+    }
+}
+
+/// `${VAR}` in a payload template's strings; nothing else changes.
+fn prepare_template(value: &mut Value, path: &str, env: &dyn Env, p: &mut Problems) {
+    match value {
+        Value::String(s) => match vars::interpolate(s, env) {
+            Ok(new) => *s = new,
+            Err(errors) => errors.iter().for_each(|e| p.add(path, e.to_string())),
+        },
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                prepare_template(item, &format!("{path}[{i}]"), env, p);
+            }
+        }
+        Value::Mapping(m) => {
+            for (k, v) in m.iter_mut() {
+                let key = match k {
+                    Value::String(s) => s.clone(),
+                    other => serde_yaml::to_string(other)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_owned(),
+                };
+                prepare_template(v, &child(path, &key), env, p);
+            }
+        }
+        Value::Tagged(t) => prepare_template(&mut t.value, path, env, p),
+        Value::Number(_) | Value::Bool(_) | Value::Null => {}
     }
 }
 
@@ -329,6 +367,14 @@ struct RawPayload {
     #[serde(default, deserialize_with = "de::opt_parsed")]
     size: Option<u64>,
     token_pointer: Option<String>,
+    /// Inline: the event shape itself (a mapping), or its JSON text.
+    template: Option<serde_yaml::Value>,
+    template_file: Option<String>,
+    format: Option<String>,
+    schema_file: Option<String>,
+    message: Option<String>,
+    #[serde(default, deserialize_with = "de::opt_parsed")]
+    schema_id: Option<u32>,
 }
 
 #[derive(Clone, Default, Deserialize)]
@@ -557,9 +603,27 @@ fn probe(
 
     let dp = defaults.payload.clone().unwrap_or_default();
     let rp = raw.payload.unwrap_or_default();
+    let size = rp.size.or(dp.size).unwrap_or(0) as usize;
+    // A probe's own template replaces the defaults' as a whole.
+    let tp = if rp.template.is_some() || rp.template_file.is_some() {
+        rp.clone()
+    } else {
+        dp.clone()
+    };
+    let template =
+        template_config(&tp, &at("payload"), p).and_then(
+            |c| match crate::payload::Template::compile(&c, size.min(MAX_PAYLOAD)) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    p.add(at(&format!("payload.{}", e.key)), e.message);
+                    None
+                }
+            },
+        );
     let payload = Payload {
-        size: rp.size.or(dp.size).unwrap_or(0) as usize,
+        size,
         token_pointer: rp.token_pointer.or(dp.token_pointer),
+        template,
     };
     if payload.size > MAX_PAYLOAD {
         p.add(
@@ -606,6 +670,84 @@ fn probe(
         payload,
         slo,
     }
+}
+
+/// The template settings of a probe's `payload`, checked for shape (the
+/// template itself is compiled by the caller).
+fn template_config(
+    raw: &RawPayload,
+    path: &str,
+    p: &mut Problems,
+) -> Option<crate::payload::TemplateConfig> {
+    use crate::payload::{Format, Source, TemplateConfig};
+    let source = match (&raw.template, &raw.template_file) {
+        (Some(_), Some(_)) => {
+            p.add(
+                format!("{path}.template_file"),
+                "give the template inline (`template`) or in a file (`template_file`), not both",
+            );
+            return None;
+        }
+        (Some(serde_yaml::Value::String(text)), None) => {
+            match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(v) => Source::Inline(v),
+                Err(e) => {
+                    p.add(
+                        format!("{path}.template"),
+                        format!("a template given as text must be JSON: {e} (or write the shape as YAML, with placeholders quoted: \"{{{{token}}}}\")"),
+                    );
+                    return None;
+                }
+            }
+        }
+        (Some(v), None) => match serde_json::to_value(v) {
+            Ok(v) => Source::Inline(v),
+            Err(e) => {
+                p.add(
+                    format!("{path}.template"),
+                    format!("not a JSON document: {e}"),
+                );
+                return None;
+            }
+        },
+        (None, Some(f)) => Source::File(f.clone()),
+        (None, None) => {
+            for (key, set) in [
+                ("format", raw.format.is_some()),
+                ("schema_file", raw.schema_file.is_some()),
+                ("message", raw.message.is_some()),
+                ("schema_id", raw.schema_id.is_some()),
+            ] {
+                if set {
+                    p.add(
+                        format!("{path}.{key}"),
+                        "goes with a template: give `template` or `template_file`",
+                    );
+                }
+            }
+            return None;
+        }
+    };
+    let format = match raw.format.as_deref() {
+        None => Format::Json,
+        Some(f) => match Format::parse(f) {
+            Some(f) => f,
+            None => {
+                p.add(
+                    format!("{path}.format"),
+                    format!("`{f}` is not a template format (json, avro, protobuf)"),
+                );
+                return None;
+            }
+        },
+    };
+    Some(TemplateConfig {
+        source,
+        format,
+        schema_file: raw.schema_file.clone(),
+        message: raw.message.clone(),
+        schema_id: raw.schema_id,
+    })
 }
 
 fn check_slo(slo: &Slo, deadline: Duration, path: &str, p: &mut Problems) {

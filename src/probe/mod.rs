@@ -508,7 +508,25 @@ impl Probe {
             sent_unix_us: canary::unix_now_us(),
         };
         let token = self.signer.encode(&fields);
-        let body = canary::body(&token, &fields, self.config.payload.size);
+        let body = match &self.config.payload.template {
+            None => canary::body(&token, &fields, self.config.payload.size),
+            Some(t) => match t.render(&crate::payload::Values {
+                token: &token,
+                probe: &fields.probe,
+                lane: fields.lane,
+                seq,
+                sent_unix_us: fields.sent_unix_us,
+            }) {
+                Ok(b) => b,
+                Err(e) => {
+                    // Checked when the configuration loaded; a template
+                    // that fails later is a failed publish, never silence.
+                    self.note_failure(FailureKind::Other, format!("the payload template: {e}"));
+                    self.failed(lane, seq, FailureKind::Other);
+                    return None;
+                }
+            },
+        };
         let msg = Outgoing {
             token,
             body: body.into(),

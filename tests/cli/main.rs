@@ -18,3 +18,4 @@ mod reports;
 mod secrets;
 mod secure;
 mod status;
+mod templates;

@@ -8,3 +8,4 @@ mod support;
 mod cross;
 mod deadline;
 mod partitions;
+mod templates;
