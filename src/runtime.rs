@@ -157,6 +157,30 @@ pub fn worker_threads() -> usize {
         .unwrap_or(1)
 }
 
+/// A probe whose Avro template names a schema registry: its config with
+/// the subject's schema and id looked up when it starts (a reload that
+/// leaves the probe unchanged keeps its schema); `None` when there is
+/// nothing to look up.
+async fn with_registry_schema(pc: &ProbeConfig) -> Result<Option<ProbeConfig>, SetupError> {
+    let Some(template) = &pc.payload.template else {
+        return Ok(None);
+    };
+    let Some(registry) = template.registry() else {
+        return Ok(None);
+    };
+    let what = |key: &str| format!("probe `{}`: payload.{key}", pc.name);
+    let (id, schema) = crate::payload::registry::fetch(registry)
+        .await
+        .map_err(|e| SetupError::new(what("schema_registry"), true, e))?;
+    let template = template
+        .with_registry_schema(&schema, id)
+        .map_err(|e| SetupError::new(what(e.key), false, e.message))?;
+    tracing::info!(probe = %pc.name, subject = %registry.subject, id, "Payload schema looked up in the registry.");
+    let mut out = pc.clone();
+    out.payload.template = Some(template);
+    Ok(Some(out))
+}
+
 /// One probe as the runtime runs it.
 struct Started {
     watched: Watched,
@@ -311,6 +335,8 @@ impl Runtime {
         of: usize,
         predecessor: Option<&Watched>,
     ) -> Result<Started, SetupError> {
+        let resolved = with_registry_schema(pc).await?;
+        let pc = resolved.as_ref().unwrap_or(pc);
         let stop = self.stop.child_token();
         let ctx = Context {
             run_id,

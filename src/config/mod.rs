@@ -375,6 +375,17 @@ struct RawPayload {
     message: Option<String>,
     #[serde(default, deserialize_with = "de::opt_parsed")]
     schema_id: Option<u32>,
+    schema_registry: Option<RawRegistry>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    url: secret::Endpoint,
+    /// Default: `<topic>-value` for a Kafka inject (TopicNameStrategy).
+    subject: Option<String>,
+    username: Option<String>,
+    password: Option<secret::Secret>,
 }
 
 #[derive(Clone, Default, Deserialize)]
@@ -610,16 +621,19 @@ fn probe(
     } else {
         dp.clone()
     };
-    let template =
-        template_config(&tp, &at("payload"), p).and_then(
-            |c| match crate::payload::Template::compile(&c, size.min(MAX_PAYLOAD)) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    p.add(at(&format!("payload.{}", e.key)), e.message);
-                    None
-                }
-            },
-        );
+    let topic = match &raw.inject {
+        InjectConfig::Kafka(k) => Some(k.topic.as_str()),
+        _ => None,
+    };
+    let template = template_config(&tp, topic, &at("payload"), p).and_then(|c| {
+        match crate::payload::Template::compile(&c, size.min(MAX_PAYLOAD)) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                p.add(at(&format!("payload.{}", e.key)), e.message);
+                None
+            }
+        }
+    });
     let payload = Payload {
         size,
         token_pointer: rp.token_pointer.or(dp.token_pointer),
@@ -676,6 +690,7 @@ fn probe(
 /// template itself is compiled by the caller).
 fn template_config(
     raw: &RawPayload,
+    kafka_topic: Option<&str>,
     path: &str,
     p: &mut Problems,
 ) -> Option<crate::payload::TemplateConfig> {
@@ -717,6 +732,7 @@ fn template_config(
                 ("schema_file", raw.schema_file.is_some()),
                 ("message", raw.message.is_some()),
                 ("schema_id", raw.schema_id.is_some()),
+                ("schema_registry", raw.schema_registry.is_some()),
             ] {
                 if set {
                     p.add(
@@ -741,12 +757,47 @@ fn template_config(
             }
         },
     };
+    let registry = match &raw.schema_registry {
+        None => None,
+        Some(r) => {
+            if !r.url.expose().starts_with("http://") && !r.url.expose().starts_with("https://") {
+                p.add(
+                    format!("{path}.schema_registry.url"),
+                    format!("`{}` is not an http(s):// URL", r.url.redacted()),
+                );
+            }
+            if r.username.is_some() != r.password.is_some() {
+                p.add(
+                    format!("{path}.schema_registry"),
+                    "`username` and `password` go together",
+                );
+            }
+            let subject = r
+                .subject
+                .clone()
+                .or_else(|| kafka_topic.map(|t| format!("{t}-value")));
+            let Some(subject) = subject else {
+                p.add(
+                    format!("{path}.schema_registry.subject"),
+                    "name the subject (it defaults to `<topic>-value` only for a Kafka inject)",
+                );
+                return None;
+            };
+            Some(crate::payload::Registry {
+                url: r.url.clone(),
+                subject,
+                username: r.username.clone(),
+                password: r.password.clone(),
+            })
+        }
+    };
     Some(TemplateConfig {
         source,
         format,
         schema_file: raw.schema_file.clone(),
         message: raw.message.clone(),
         schema_id: raw.schema_id,
+        registry,
     })
 }
 

@@ -14,8 +14,10 @@
 
 mod avro;
 mod proto;
+pub mod registry;
 mod template;
 
+pub use registry::Registry;
 pub use template::{Slot, Values};
 
 use serde_json::Value as Json;
@@ -69,6 +71,8 @@ pub struct TemplateConfig {
     pub message: Option<String>,
     /// Frames Avro datums in the Confluent wire format with this id.
     pub schema_id: Option<u32>,
+    /// Looks the Avro schema and its id up by subject when the probe starts.
+    pub registry: Option<Registry>,
 }
 
 /// A template problem: the `payload` key it is about, and what is wrong.
@@ -88,6 +92,8 @@ impl Problem {
 }
 
 enum Encoder {
+    /// The schema comes from the registry when the probe starts.
+    Pending,
     Json,
     Avro(avro::Encoder),
     Protobuf(proto::Encoder),
@@ -146,6 +152,26 @@ impl Template {
     /// Reads and checks a template (and its schema), and renders one
     /// sample canary through the encoder. `size` is `payload.size`.
     pub fn compile(config: &TemplateConfig, size: usize) -> Result<Arc<Template>, Problem> {
+        Self::build(config, size, None)
+    }
+
+    /// The registry this template's schema comes from, if any.
+    pub fn registry(&self) -> Option<&Registry> {
+        self.config.registry.as_ref()
+    }
+
+    /// The template with the schema (and its id) the registry gave; the
+    /// sample canary must fit it.
+    pub fn with_registry_schema(&self, schema: &str, id: u32) -> Result<Arc<Template>, Problem> {
+        let size = self.pad_to.unwrap_or(0);
+        Self::build(&self.config, size, Some((schema, id)))
+    }
+
+    fn build(
+        config: &TemplateConfig,
+        size: usize,
+        fetched: Option<(&str, u32)>,
+    ) -> Result<Arc<Template>, Problem> {
         let mut texts = Vec::new();
         let (doc, key) = match &config.source {
             Source::Inline(v) => (v.clone(), "template"),
@@ -203,6 +229,23 @@ impl Template {
                 }
                 Encoder::Json
             }
+            Format::Avro if config.schema_id.is_some() && config.registry.is_some() => {
+                return Err(Problem::new("schema_id", "the registry gives the schema id: leave `schema_id` out with `schema_registry`"));
+            }
+            Format::Avro if fetched.is_some() => {
+                // Not in `texts`: the template compares equal to its form
+                // before the lookup, so a reload keeps the probe.
+                let (text, id) = fetched.unwrap_or_default();
+                Encoder::Avro(avro::Encoder::new(text, Some(id)).map_err(|e| {
+                    Problem::new(
+                        "schema_registry",
+                        format!("subject's schema (id {id}): {e}"),
+                    )
+                })?)
+            }
+            Format::Avro if config.registry.is_some() && config.schema_file.is_none() => {
+                Encoder::Pending
+            }
             Format::Avro => {
                 let path = schema("avro")?;
                 let bytes = read(path, "schema_file")?;
@@ -234,6 +277,12 @@ impl Template {
                 "`message` names a Protobuf type: it goes with `format: protobuf`",
             ));
         }
+        if config.registry.is_some() && config.format != Format::Avro {
+            return Err(Problem::new(
+                "schema_registry",
+                "chirp looks up Avro schemas in a registry: it goes with `format: avro`",
+            ));
+        }
         if config.schema_id.is_some() && config.format != Format::Avro {
             return Err(Problem::new("schema_id", "`schema_id` frames Avro records (Confluent wire format): it goes with `format: avro`"));
         }
@@ -252,7 +301,9 @@ impl Template {
             seq: 0,
             sent_unix_us: 1_800_000_000_000_000,
         };
-        t.render(&sample).map_err(|e| Problem::new(key, e))?;
+        if !matches!(t.encoder, Encoder::Pending) {
+            t.render(&sample).map_err(|e| Problem::new(key, e))?;
+        }
         Ok(Arc::new(t))
     }
 
@@ -274,6 +325,7 @@ impl Template {
 
     fn encode(&self, doc: &Json) -> Result<Vec<u8>, String> {
         match &self.encoder {
+            Encoder::Pending => Err("the schema was not looked up in the registry".into()),
             Encoder::Json => serde_json::to_vec(doc).map_err(|e| e.to_string()),
             Encoder::Avro(a) => a.encode(doc),
             Encoder::Protobuf(p) => p.encode(doc),

@@ -21,6 +21,7 @@ fn inline(v: Json) -> TemplateConfig {
         schema_file: None,
         message: None,
         schema_id: None,
+        registry: None,
     }
 }
 
@@ -313,4 +314,46 @@ fn protobuf_messages_compile_from_a_proto_file_and_decode_back() {
     let e = proto(json!({"canary": "{{token}}"}), "shop.v1.Nope").unwrap_err();
     assert_eq!(e.key, "message");
     assert!(e.message.contains("shop.v1.OrderCreated"), "{}", e.message);
+}
+
+#[test]
+fn a_registry_template_waits_for_its_schema_and_then_fits_it() {
+    let reg = Registry {
+        url: crate::config::secret::Endpoint::new("http://registry:8081"),
+        subject: "orders-value".into(),
+        username: None,
+        password: None,
+    };
+    let pending = Template::compile(
+        &TemplateConfig {
+            format: Format::Avro,
+            registry: Some(reg.clone()),
+            ..inline(order())
+        },
+        0,
+    )
+    .unwrap();
+    assert_eq!(pending.registry(), Some(&reg));
+    assert!(pending.render(&values()).is_err(), "no schema yet");
+    let t = pending.with_registry_schema(ORDER_AVSC, 77).unwrap();
+    let bytes = t.render(&values()).unwrap();
+    assert_eq!(&bytes[..5], &[0, 0, 0, 0, 77]);
+    // Equal to its form before the lookup: a reload keeps the probe.
+    assert_eq!(*t, *pending);
+    let mut bad = order();
+    bad["seq"] = json!("x");
+    let pending = Template::compile(
+        &TemplateConfig {
+            format: Format::Avro,
+            registry: Some(reg),
+            ..inline(bad)
+        },
+        0,
+    )
+    .unwrap();
+    let e = pending.with_registry_schema(ORDER_AVSC, 77).unwrap_err();
+    assert_eq!(
+        e.message,
+        "field `seq`: expected a long, got the string \"x\""
+    );
 }

@@ -106,3 +106,76 @@ fn a_json_template_runs_through_check_with_its_token_pointer() {
         .collect();
     assert_eq!(&row[1..5], ["50", "50", "0", "0"], "{said}");
 }
+
+/// A registry that answers every request with `status` and `body`.
+fn fake_registry(status: &'static str, body: String) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn check_says_what_the_schema_registry_did_wrong() {
+    const PASSWORD: &str = "Hunter2-registry-xyzzy";
+    let conf = |port: u16| {
+        probe(&format!(
+            "      format: avro\n      schema_registry: {{url: \"http://127.0.0.1:{port}\", subject: orders-value, username: key, password: {PASSWORD}}}\n      template: {{canary: \"{{{{token}}}}\", seq: \"{{{{seq}}}}\", customer: {{id: seven}}}}\n"
+        ))
+        .replace("  - name: orders\n", "  - name: orders\n    interval: 5ms\n")
+    };
+    let run = |text: &str| {
+        let cfg = config_file(text);
+        let out = Command::new(&*CHIRP)
+            .args(["check", "--count", "5", "-c"])
+            .arg(&cfg.path)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!said.contains(PASSWORD), "{said}");
+        (out.status.code(), said)
+    };
+    // Offline, the template itself is fine: there is no schema to hold it to.
+    let (code, said) = validate(&conf(1));
+    assert_eq!(code, Some(0), "{said}");
+    // No registry there: unreachable.
+    let (code, said) = run(&conf(crate::support::free_port()));
+    assert_eq!(code, Some(3), "{said}");
+    assert!(said.contains("probe `orders`: payload.schema_registry: cannot reach the schema registry at http://127.0.0.1:"), "{said}");
+    // It refuses the credentials.
+    let (code, said) = run(&conf(fake_registry("401 Unauthorized", String::new())));
+    assert_eq!(code, Some(3), "{said}");
+    assert!(
+        said.contains("answered 401 Unauthorized for http://127.0.0.1:"),
+        "{said}"
+    );
+    assert!(
+        said.contains("/subjects/orders-value/versions/latest"),
+        "{said}"
+    );
+    // Its schema does not fit the template: the field is named.
+    let body =
+        serde_json::json!({"subject": "orders-value", "version": 1, "id": 5, "schema": AVSC})
+            .to_string();
+    let (code, said) = run(&conf(fake_registry("200 OK", body)));
+    assert_eq!(code, Some(2), "{said}");
+    assert!(
+        said.contains("probe `orders`: payload.template: field `customer.id`: expected a long, got the string \"seven\""),
+        "{said}"
+    );
+}

@@ -154,3 +154,94 @@ async fn kafka_avro_canaries_decode_with_fastavro_and_are_delivered() {
 fn uuid_shaped(s: &str) -> bool {
     s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
 }
+
+/// A schema registry the test serves: the latest version of one subject,
+/// behind basic authentication; it records what it was asked.
+async fn registry(
+    subject: &'static str,
+    id: u32,
+    schema: &'static str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::http::{HeaderMap, StatusCode};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = std::sync::Arc::clone(&seen);
+    let path = format!("/subjects/{subject}/versions/latest");
+    let app = axum::Router::new().route(
+        &path,
+        axum::routing::get(move |headers: HeaderMap| {
+            let log = std::sync::Arc::clone(&log);
+            async move {
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                log.lock().unwrap().push(auth.clone());
+                // key:s3cret-registry
+                if auth != "Basic a2V5OnMzY3JldC1yZWdpc3RyeQ==" {
+                    return (StatusCode::UNAUTHORIZED, String::new());
+                }
+                let body = serde_json::json!({"subject": subject, "version": 3, "id": id, "schema": schema});
+                (StatusCode::OK, body.to_string())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+/// The schema and its id come from a registry by subject (`<topic>-value`
+/// by default): the records carry the registry's id, and chirp catches
+/// every canary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_schema_and_id_come_from_the_registry_by_subject() {
+    const N: u64 = 10;
+    let mock = crate::support::brokers::Mock::start();
+    mock.create_topic("orders.reg", 1);
+    let (url, seen) = registry("orders.reg-value", 99, SCHEMA).await;
+    let config = support::Conf::new()
+        .connection("k", format!("kafka: {{brokers: \"{}\"}}", mock.bootstrap()))
+        .probe(format!(
+            r#"{{name: reg, interval: 20ms, deadline: 5s,
+                payload: {{format: avro, schema_registry: {{url: "{url}", username: key, password: s3cret-registry}},
+                  template: {{event_id: "{{{{uuid}}}}", canary: "{{{{token}}}}", seq: "{{{{seq}}}}",
+                    created_at: "{{{{sent_at}}}}", status: PAID, amount_cents: 5, customer: {{id: 1}}}}}},
+                inject: {{kafka: {{connection: k, topic: orders.reg}}}},
+                catch: {{kafka: {{connection: k, topic: orders.reg}}}}}}"#
+        ))
+        .build();
+    let mut rt = start_counted(&config, N).await;
+    rt.injection_done().await;
+    assert_eq!(rt.drain(Duration::from_secs(10)).await, 0);
+    let c = support::probe(&rt, "reg").counts();
+    assert_eq!((c.sent, c.delivered, c.rejected), (N, N, 0), "{c:?}");
+    rt.shutdown().await;
+    assert_eq!(seen.lock().unwrap().len(), 1, "one lookup at start");
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap())
+        .set("group.id", "reg-reader")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("orders.reg", 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut stream = consumer.stream();
+    for _ in 0..N {
+        let m = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("a record")
+            .expect("a message")
+            .expect("no error");
+        let v = m.payload().unwrap();
+        assert_eq!(
+            &v[..5],
+            &[0, 0, 0, 0, 99],
+            "magic byte and the registry's id"
+        );
+        assert!(chirp::canary::scan(v).is_some());
+    }
+}
