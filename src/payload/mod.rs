@@ -50,6 +50,15 @@ impl Format {
             Format::Protobuf => "protobuf",
         }
     }
+
+    /// The media type of a body in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Avro => "avro/binary",
+            Format::Protobuf => "application/x-protobuf",
+        }
+    }
 }
 
 /// Where the template's text comes from.

@@ -533,6 +533,12 @@ impl Probe {
             partition: lane.id.partition,
             key: self.config.name.clone(),
             traceparent,
+            content_type: self
+                .config
+                .payload
+                .template
+                .as_ref()
+                .map_or("application/json", |t| t.format().content_type()),
         };
         let started = Instant::now();
         match inject.send(msg).await {

@@ -404,6 +404,8 @@ pub struct Outgoing {
     pub key: String,
     /// The W3C `traceparent` of the canary's span, when tracing.
     pub traceparent: Option<String>,
+    /// The body's media type, where the transport carries one (HTTP, AMQP).
+    pub content_type: &'static str,
 }
 
 /// A publish the producer refused, classified by the transport that saw it.

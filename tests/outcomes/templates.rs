@@ -245,3 +245,57 @@ async fn avro_schema_and_id_come_from_the_registry_by_subject() {
         assert!(chirp::canary::scan(v).is_some());
     }
 }
+
+/// A webhook receives a Protobuf template's canaries with their media type
+/// (`application/x-protobuf`), not as JSON, and the token in the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protobuf_canary_is_posted_with_its_media_type() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Vec<u8>)>::new()));
+    let log = std::sync::Arc::clone(&seen);
+    let app = axum::Router::new().route(
+        "/ingest",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let log = std::sync::Arc::clone(&log);
+                async move {
+                    let ct = headers
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    log.lock().unwrap().push((ct, body.to_vec()));
+                    axum::http::StatusCode::OK
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/ingest", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = TempDir::new("proto-template");
+    let proto = dir.write(
+        "o.proto",
+        "syntax = \"proto3\";\npackage shop.v1;\nmessage OrderCreated { string canary = 1; uint64 seq = 2; }\n",
+    );
+    let config = support::Conf::new()
+        .probe(format!(
+            r#"{{name: pb, interval: 10ms, deadline: 1s,
+                payload: {{format: protobuf, schema_file: "{}", message: shop.v1.OrderCreated,
+                  template: {{canary: "{{{{token}}}}", seq: "{{{{seq}}}}"}}}},
+                inject: {{http: {{url: "{url}"}}}}, catch: {{http: {{}}}}}}"#,
+            proto.display()
+        ))
+        .build();
+    let mut rt = start_counted(&config, 3).await;
+    rt.injection_done().await;
+    let c = support::probe(&rt, "pb").counts();
+    assert_eq!(c.publish_failed, 0, "{c:?}");
+    rt.shutdown().await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3);
+    for (ct, body) in seen.iter() {
+        assert_eq!(ct, "application/x-protobuf");
+        let token = chirp::canary::scan(body).expect("the token in the message");
+        assert!(Signer::new(KEY.as_bytes()).decode(token).is_ok());
+    }
+}

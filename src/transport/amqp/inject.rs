@@ -169,7 +169,7 @@ impl Inject for AmqpInject {
         let props = BasicProperties::default()
             .with_headers(headers)
             .with_message_id(msg.token.clone().into())
-            .with_content_type("application/json".into())
+            .with_content_type(msg.content_type.into())
             // Persistent, as the events it stands for usually are.
             .with_delivery_mode(2);
         let publish = ch.basic_publish(

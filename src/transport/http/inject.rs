@@ -97,7 +97,7 @@ impl Inject for HttpInject {
             request = request.header(canary::TRACEPARENT, tp.as_str());
         }
         let request = request
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::CONTENT_TYPE, msg.content_type)
             .timeout(self.timeout)
             .body(msg.body);
         Ok(Box::pin(async move {
