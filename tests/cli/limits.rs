@@ -159,7 +159,10 @@ fn a_flood_of_slow_connections_is_bounded_and_metrics_keep_answering() {
     let give_up = Instant::now() + Duration::from_secs(15);
     loop {
         let (s, _) = timed_scrape(port);
-        if s.sum("chirp_http_connections", &[]) <= 3.0 {
+        // What may stay: this scrape's own connection and the webhook
+        // client's keep-alive pool (at most 4 idle; requests slowed by the
+        // flood overlap and open more than the one a quiet loop uses).
+        if s.sum("chirp_http_connections", &[]) <= 5.0 {
             break;
         }
         assert!(
@@ -181,8 +184,10 @@ fn a_flood_of_slow_connections_is_bounded_and_metrics_keep_answering() {
         rss_after < rss_before + 10.0,
         "memory was not returned: {rss_before:.1} MiB before, {rss_peak:.1} peak, {rss_after:.1} after"
     );
+    // Besides the flood's: the webhook loop's extra pooled connections
+    // (up to 3 more, two descriptors each: both ends are chirp's).
     assert!(
-        fds_after <= fds_before + 4,
+        fds_after <= fds_before + 6 + 4,
         "{fds_after} descriptors left open"
     );
     let (after, _) = timed_scrape(port);
