@@ -14,7 +14,7 @@ const RANKS: &[(&str, u32)] = &[
     ("outcome", 0),
     ("stats", 0),
     ("timer", 0),
-    ("payload", 0),
+    ("payload", 1),
     ("config::errors", 0),
     ("config::limits", 0),
     ("config::secret", 0),

@@ -1072,8 +1072,10 @@ impl Target for Redis {
     }
 
     fn tolerance(&self) -> Duration {
-        // Scheduling, loopback and the relay's own reads on a busy 2-core machine.
-        Duration::from_millis(25)
+        // Scheduling, loopback and two blocking reads per canary (the
+        // relay's, then chirp's) on a busy 2-core machine: 31 ms over the
+        // injected delay at p90 was seen with four compilers running.
+        Duration::from_millis(40)
     }
 
     fn outage_kind(&self) -> FailureKind {
