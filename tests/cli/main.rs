@@ -17,4 +17,5 @@ mod reload;
 mod reports;
 mod secrets;
 mod secure;
+mod sqs;
 mod status;
