@@ -216,3 +216,21 @@ fn the_secret_key_and_session_token_never_reach_the_logs() {
         }
     }
 }
+
+/// SQS hands a message to a long poll even after its client is gone, and
+/// hides it from everyone else for the visibility timeout. chirp finishes
+/// its last poll when it stops and gives back what that returns, so a chirp
+/// started right after it (or a probe's successor after a reload) loses
+/// none of its first canaries to it.
+#[test]
+fn a_chirp_started_right_after_another_loses_nothing_to_its_last_poll() {
+    let server = MotoServer::start();
+    create(&server, &["orders"]);
+    let conf = Conf::new()
+        .connection("q", server.connection())
+        .probe("{name: again, interval: 20ms, deadline: 3s, inject: {sqs: {connection: q, queue: orders}}, catch: {sqs: {connection: q, queue: orders}}}");
+    for _ in 0..3 {
+        let said = check(&conf, 25, 0, &[]);
+        assert_eq!(&row(&said, "again")[1..5], ["25", "25", "0", "0"], "{said}");
+    }
+}

@@ -12,14 +12,18 @@
 //! consumer had it, or chirp stopped before recording it) is counted as
 //! what its token says, delivered if it is this run's: were it forced to
 //! `duplicate`, the canary would never be delivered and would count as
-//! lost. Failed deletes are logged at debug.
+//! lost. Failed deletes are logged at debug. A poll in progress when the
+//! catch stops is finished and its messages given back (see `give_back`).
 
 use super::config::{CatchConfig, Queue};
 use super::{bounded, resolve, CallError};
 use crate::canary;
 use crate::outcome::FailureKind;
 use crate::transport::{chain, CatchHandle, CatchSink, Caught, Context, LinkStatus, SetupError};
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageAttributeValue};
+use aws_sdk_sqs::operation::receive_message::ReceiveMessageOutput;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageAttributeValue,
+};
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use aws_sdk_sqs::Client;
 use std::sync::Arc;
@@ -34,6 +38,11 @@ const BATCH: i32 = 10;
 const SLACK: Duration = Duration::from_secs(5);
 /// The pause after a failed call before the next.
 const RETRY: Duration = Duration::from_secs(1);
+/// How long a poll in progress when chirp stops may take to finish (the
+/// default `wait` fits; a longer one is dropped, see `give_back`); a third
+/// of it again for giving its messages back: within the 2.5 s tasks have
+/// to stop.
+const GIVE_BACK: Duration = Duration::from_millis(1500);
 
 struct SqsCatch {
     up: watch::Receiver<bool>,
@@ -45,7 +54,8 @@ impl CatchHandle for SqsCatch {
         *self.up.borrow()
     }
 
-    /// SQS answered a receive (or, in `check`, resolved the queue).
+    /// SQS found the queue (`GetQueueUrl`, or `GetQueueAttributes` for a
+    /// URL): messages sent from now on wait there for the receive loop.
     async fn ready(&self, stop: &CancellationToken) -> bool {
         let mut up = self.up.clone();
         tokio::select! {
@@ -61,6 +71,9 @@ struct Receiver {
     sink: Arc<dyn CatchSink>,
     /// The queue's URL, once known.
     url: Option<String>,
+    /// The queue was found since the last failed call: a quick answer
+    /// that says the catch is up, before a long poll that may wait.
+    found: bool,
     /// A delete was refused for the credentials (said once).
     delete_refused: bool,
 }
@@ -91,6 +104,7 @@ pub async fn start(
         cfg: cfg.clone(),
         sink,
         url,
+        found: false,
         delete_refused: false,
     };
     if ctx.fail_fast {
@@ -108,6 +122,7 @@ pub async fn start(
                 )
             })?;
         receiver.url = Some(url);
+        receiver.found = true;
         up_tx.send_replace(true);
     }
     ctx.tasks
@@ -125,10 +140,30 @@ async fn receive_loop(
     let queue = r.cfg.queue.name().to_owned();
     let mut said = false;
     loop {
-        let step = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            s = r.step() => s,
+        let step = match r.found_url() {
+            None => tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                s = r.find() => s,
+            },
+            Some(url) => {
+                let receiving = r.receive(&url);
+                tokio::pin!(receiving);
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => {
+                        r.give_back(&url, receiving).await;
+                        return;
+                    }
+                    out = &mut receiving => match out {
+                        Ok(out) => {
+                            r.handle(url, out).await;
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    },
+                }
+            }
         };
         match step {
             Ok(()) => {
@@ -139,6 +174,7 @@ async fn receive_loop(
                 }
             }
             Err(e) => {
+                r.found = false;
                 if up.send_replace(false) {
                     status.lost();
                 }
@@ -164,24 +200,32 @@ enum Deleted {
 }
 
 impl Receiver {
-    /// One long poll: records what it returns, then deletes it. (Deleting
-    /// before the next poll, not beside it: a FIFO queue holds back the
-    /// rest of a message group while a batch of it is undeleted.)
-    async fn step(&mut self) -> Result<(), CallError> {
-        let url = match &self.url {
-            Some(u) => u.clone(),
-            None => {
-                let u = resolve(&self.client, &self.cfg.queue, super::CALL_TIMEOUT).await?;
-                self.url = Some(u.clone());
-                u
-            }
-        };
+    /// The queue's URL, if it was found since the last failed call.
+    fn found_url(&self) -> Option<String> {
+        self.url.clone().filter(|_| self.found)
+    }
+
+    /// Finds the queue: `GetQueueUrl` (or `GetQueueAttributes` for a URL)
+    /// answers at once, where a first long poll of an empty queue would
+    /// keep the probe from starting for its whole wait.
+    async fn find(&mut self) -> Result<(), CallError> {
+        let u = resolve(&self.client, &self.cfg.queue, super::CALL_TIMEOUT).await?;
+        self.url = Some(u);
+        self.found = true;
+        Ok(())
+    }
+
+    /// One long poll.
+    fn receive(
+        &self,
+        url: &str,
+    ) -> impl std::future::Future<Output = Result<ReceiveMessageOutput, CallError>> + use<> {
         // Whole seconds, from 1 to 20 and at most 12 h: checked by validate().
         let wait = self.cfg.wait.as_secs().min(20) as i32;
-        let out = self
+        let sent = self
             .client
             .receive_message()
-            .queue_url(&url)
+            .queue_url(url)
             .max_number_of_messages(BATCH)
             .wait_time_seconds(wait)
             .message_attribute_names("All")
@@ -193,9 +237,59 @@ impl Receiver {
             )
             .customize()
             .config_override(bounded(self.cfg.wait + SLACK))
+            .send();
+        async move { sent.await.map_err(|e| CallError::new("ReceiveMessage", e)) }
+    }
+
+    /// chirp is stopping (or this probe is being replaced) during a poll.
+    /// SQS would still hand a message to a poll dropped half-way, and hide
+    /// it for the visibility timeout from the next receiver (the probe's
+    /// successor after a reload, or chirp started again): so the poll is
+    /// finished, within [`GIVE_BACK`], and what it returns is made visible
+    /// again at once, neither recorded nor deleted.
+    async fn give_back(
+        &self,
+        url: &str,
+        receiving: impl std::future::Future<Output = Result<ReceiveMessageOutput, CallError>>,
+    ) {
+        let Ok(Ok(out)) = tokio::time::timeout(GIVE_BACK, receiving).await else {
+            return;
+        };
+        let entries: Vec<ChangeMessageVisibilityBatchRequestEntry> = out
+            .messages()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(m.receipt_handle()?)
+                    .visibility_timeout(0)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        if entries.is_empty() {
+            return;
+        }
+        let given = self
+            .client
+            .change_message_visibility_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .customize()
+            .config_override(bounded(GIVE_BACK / 3))
             .send()
-            .await
-            .map_err(|e| CallError::new("ReceiveMessage", e))?;
+            .await;
+        if let Err(e) = given {
+            let e = CallError::new("ChangeMessageVisibilityBatch", e);
+            tracing::debug!(probe = %self.sink.name(), error = %chain(&e), "Cannot give back the messages of the last poll; they come back after their visibility timeout.");
+        }
+    }
+
+    /// Records what a poll returned, then deletes it. (Deleting before the
+    /// next poll, not beside it: a FIFO queue holds back the rest of a
+    /// message group while a batch of it is undeleted.)
+    async fn handle(&mut self, url: String, out: ReceiveMessageOutput) {
         let mut entries = Vec::new();
         for (i, m) in out.messages().iter().enumerate() {
             self.record(m);
@@ -217,7 +311,6 @@ impl Receiver {
             let deleted = delete(&self.client, url, entries).await;
             self.said_deleted(deleted);
         }
-        Ok(())
     }
 
     /// Hands one message to the probe.
