@@ -1,12 +1,15 @@
 //! Benchmark: chirp next to a raw client loop on the same broker, in one
 //! run, for the transports with a broker acknowledgement: JetStream (PubAck),
 //! MQTT (QoS 1 PUBACK), RabbitMQ (publisher confirms) and Redis Streams
-//! (XADD's reply; read as a consumer group, XACK after). Same rate, message size and layout;
+//! (XADD's reply; read as a consumer group, XACK after), and Amazon SQS on
+//! moto, an emulator (SendMessage's answer; long-polled, deleted after) at a
+//! rate moto keeps up with. Same rate, message size and layout;
 //! both measure end-to-end latency from the intended slot and the publish
 //! latency (send → broker's ack). The raw loops keep their slots with
 //! chirp's precise timer, so both carry the same schedule. Run with
 //! `cargo bench --bench transports_baseline` (needs nats-server, mosquitto,
-//! rabbitmq-server and redis-server). Figures only: nothing here asserts a speed.
+//! rabbitmq-server, redis-server and moto_server); `-- sqs` runs one
+//! transport. Figures only: nothing here asserts a speed.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -19,6 +22,10 @@ use tokio::time::Instant;
 const COUNT: u64 = 2000;
 const INTERVAL: Duration = Duration::from_millis(2);
 const SIZE: usize = 256;
+/// moto (Python) answers a few hundred calls a second on this machine: the
+/// SQS round runs slower, with fewer messages.
+const SQS_COUNT: u64 = 500;
+const SQS_INTERVAL: Duration = Duration::from_millis(20);
 
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
@@ -319,17 +326,106 @@ async fn raw_redis(server: &support::brokers::RedisServer) -> Raw {
     }
 }
 
+/// The raw SQS loop: SendMessage one at a time on the schedule (the answer
+/// is the publish latency), a receiver long-polling ReceiveMessage (10 a
+/// call) and deleting each batch after recording it, as chirp's catch does.
+/// The body is text (SQS's rule): the slot in decimal, padded.
+async fn raw_sqs(client: &aws_sdk_sqs::Client, url: &str) -> Raw {
+    let start = chirp::timer::align(Instant::now());
+    let timer = chirp::timer::Timer::precise();
+    let (reader, queue) = (client.clone(), url.to_owned());
+    let collector = tokio::spawn(async move {
+        let mut e2e = Histogram::<u64>::new(3).expect("histogram");
+        while e2e.len() < SQS_COUNT {
+            let out = reader
+                .receive_message()
+                .queue_url(&queue)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .expect("ReceiveMessage");
+            let mut entries = Vec::new();
+            for (i, m) in out.messages().iter().enumerate() {
+                let now = Instant::now().saturating_duration_since(start).as_micros() as u64;
+                let slot: u64 = m
+                    .body()
+                    .unwrap_or_default()
+                    .trim_end_matches('x')
+                    .parse()
+                    .expect("a slot");
+                e2e.record(now.saturating_sub(slot)).expect("record");
+                entries.push(
+                    aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(m.receipt_handle().expect("a receipt handle"))
+                        .build()
+                        .expect("an entry"),
+                );
+            }
+            if !entries.is_empty() {
+                reader
+                    .delete_message_batch()
+                    .queue_url(&queue)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .expect("DeleteMessageBatch");
+            }
+        }
+        e2e
+    });
+    let mut publish = Histogram::<u64>::new(3).expect("histogram");
+    for i in 0..SQS_COUNT {
+        let intended = start + SQS_INTERVAL * i as u32;
+        timer.sleep_until(intended).await;
+        let mut body = ((intended - start).as_micros() as u64).to_string();
+        body.extend(std::iter::repeat_n('x', SIZE.saturating_sub(body.len())));
+        let sent = Instant::now();
+        client
+            .send_message()
+            .queue_url(url)
+            .message_body(body)
+            .send()
+            .await
+            .expect("SendMessage");
+        publish
+            .record(sent.elapsed().as_micros() as u64)
+            .expect("record");
+    }
+    let e2e = tokio::time::timeout(Duration::from_secs(60), collector)
+        .await
+        .expect("all back")
+        .expect("collector");
+    Raw {
+        start,
+        e2e,
+        publish,
+    }
+}
+
 /// chirp's loop through `inject`/`catch` on `connection`: its end-to-end
 /// and publish latency histograms, rebuilt from its summaries' percentiles.
 async fn chirp(connection: (&str, String), inject: &str, catch: &str, name: &str) {
+    chirp_at(COUNT, INTERVAL, connection, inject, catch, name).await;
+}
+
+async fn chirp_at(
+    count: u64,
+    interval: Duration,
+    connection: (&str, String),
+    inject: &str,
+    catch: &str,
+    name: &str,
+) {
     let config = support::Conf::new()
         .connection(connection.0, connection.1)
         .probe(format!(
             "{{name: bench, interval: {}ms, deadline: 10s, payload: {{size: {SIZE}}}, inject: {inject}, catch: {catch}}}",
-            INTERVAL.as_millis()
+            interval.as_millis()
         ))
         .build();
-    let mut rt = support::start_counted(&config, COUNT).await;
+    let mut rt = support::start_counted(&config, count).await;
     rt.injection_done().await;
     rt.drain(Duration::from_secs(15)).await;
     let snap = rt.probes()[0].probe.snapshot(Instant::now());
@@ -449,6 +545,40 @@ fn main() {
                         "{redis: {connection: main, stream: bench.chirp}}",
                         "{redis: {connection: main, stream: bench.chirp, group: chirp}}",
                         "redis: chirp",
+                    )
+                    .await;
+                }
+            }
+        });
+    }
+    if wanted("sqs") {
+        let moto = support::brokers::MotoServer::start();
+        rt.block_on(async {
+            let client = moto.client();
+            let mut urls = Vec::new();
+            for q in ["bench-raw", "bench-chirp"] {
+                let out = client
+                    .create_queue()
+                    .queue_name(q)
+                    .send()
+                    .await
+                    .expect("CreateQueue");
+                urls.push(out.queue_url().expect("a queue URL").to_owned());
+            }
+            println!(
+                "sqs on moto (an emulator, not AWS): {SQS_COUNT} messages every {SQS_INTERVAL:?}"
+            );
+            for round in 0..2 {
+                let r = raw_sqs(&client, &urls[0]).await;
+                row("sqs (moto): raw loop", &r.e2e, &r.publish);
+                if round == 0 {
+                    chirp_at(
+                        SQS_COUNT,
+                        SQS_INTERVAL,
+                        ("main", moto.connection()),
+                        "{sqs: {connection: main, queue: bench-chirp}}",
+                        "{sqs: {connection: main, queue: bench-chirp}}",
+                        "sqs (moto): chirp",
                     )
                     .await;
                 }

@@ -113,8 +113,19 @@ fn init_logging(format: LogFormat, default_level: &str) {
     // configured header may carry a secret: its lines stop at debug.
     if filter.max_level_hint() == Some(tracing::level_filters::LevelFilter::TRACE) {
         // lapin dumps AMQP frames at trace: the connection's start-ok
-        // carries the password.
-        for cap in ["async_nats=debug", "lapin=debug", "amq_protocol=debug"] {
+        // carries the password. The AWS SDK logs requests (a session token
+        // rides in a header), responses and signing at trace.
+        for cap in [
+            "async_nats=debug",
+            "lapin=debug",
+            "amq_protocol=debug",
+            "aws_smithy_runtime=debug",
+            "aws_smithy_runtime_api=debug",
+            "aws_smithy_http_client=debug",
+            "aws_sigv4=debug",
+            "aws_runtime=debug",
+            "aws_config=debug",
+        ] {
             if let Ok(cap) = cap.parse() {
                 filter = filter.add_directive(cap);
             }

@@ -19,7 +19,7 @@ mod support;
 use chirp::canary::{Signer, Token};
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
-use support::targets::{JetStream, Kafka, Mqtt, Nats, Plan, Rabbit, Redis, Target, Webhook};
+use support::targets::{JetStream, Kafka, Mqtt, Nats, Plan, Rabbit, Redis, Sqs, Target, Webhook};
 use support::{free_port, wait_for, Conf, Scrape, KEY};
 use tokio::time::Instant;
 
@@ -405,6 +405,7 @@ suite! {
     http: Webhook => [relay_faults, restart, down_at_start, garbage];
     mqtt: Mqtt => [relay_faults, restart, down_at_start, garbage, dead_letters];
     redis: Redis => [relay_faults, restart, down_at_start, garbage, dead_letters];
+    sqs: Sqs => [relay_faults, restart, down_at_start, garbage, dead_letters];
 }
 
 /// The webhook receiver's own checks: unsigned and badly signed requests are
@@ -1299,4 +1300,131 @@ async fn redis_plain_reads_start_at_the_end_and_maxlen_trims() {
         .unwrap();
     assert!(len <= 5 + 10, "trimmed to about 5: {len}");
     rt.shutdown().await;
+}
+
+/// SQS (on moto, an emulator): redelivery and copies. The pipeline here
+/// receives each canary from chirp's queue once and never deletes it, so
+/// SQS's redrive policy (maxReceiveCount 1) moves it to the queue chirp
+/// catches from, where chirp receives it with `ApproximateReceiveCount` 2:
+/// a redelivery of a message chirp never recorded, which must count as
+/// delivered, not as a duplicate. Copies of three canaries that chirp
+/// recorded (what a delete that failed brings back) count as exactly three
+/// duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_redeliveries_count_by_what_chirp_recorded() {
+    use aws_sdk_sqs::types::{MessageSystemAttributeName as System, QueueAttributeName as Attr};
+    let port = free_port();
+    let t = Sqs::start(port).await;
+    let dlq = t.create("redrive-out", &[]).await;
+    let arn = t
+        .client()
+        .get_queue_attributes()
+        .queue_url(&dlq)
+        .attribute_names(Attr::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .and_then(|a| a.get(&Attr::QueueArn).cloned())
+        .expect("the queue's ARN");
+    let policy = format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":"1"}}"#);
+    let src = t
+        .create("redrive-in", &[("RedrivePolicy", policy.as_str())])
+        .await;
+    let sqs = t.client().clone();
+    // One pass of the pipeline: receive (and so count) every visible
+    // message once, delete nothing; what was received before moves on.
+    let pass = |sqs: aws_sdk_sqs::Client, src: String| async move {
+        sqs.receive_message()
+            .queue_url(&src)
+            .max_number_of_messages(10)
+            .visibility_timeout(0)
+            .wait_time_seconds(1)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .map(|o| o.messages().to_vec())
+            .unwrap_or_default()
+    };
+    // The path itself: a message received once in `src` reaches the
+    // catch queue, and its next receive is its second.
+    support::targets::sqs_send(&sqs, &src, None, b"{\"probe\":\"path\"}").await;
+    assert_eq!(pass(sqs.clone(), src.clone()).await.len(), 1);
+    assert!(pass(sqs.clone(), src.clone()).await.is_empty());
+    let moved = sqs
+        .receive_message()
+        .queue_url(&dlq)
+        .wait_time_seconds(5)
+        .message_system_attribute_names(System::ApproximateReceiveCount)
+        .send()
+        .await
+        .unwrap();
+    let m = &moved.messages()[0];
+    assert_eq!(
+        m.attributes()
+            .and_then(|a| a.get(&System::ApproximateReceiveCount))
+            .map(String::as_str),
+        Some("2")
+    );
+    sqs.delete_message()
+        .queue_url(&dlq)
+        .receipt_handle(m.receipt_handle().unwrap())
+        .send()
+        .await
+        .unwrap();
+
+    let signer = Signer::new(KEY.as_bytes());
+    let pipeline = {
+        let (sqs, src, dlq) = (sqs.clone(), src.clone(), dlq.clone());
+        tokio::spawn(async move {
+            let mut seen = std::collections::HashMap::new();
+            loop {
+                for m in pass(sqs.clone(), src.clone()).await {
+                    let token = m
+                        .message_attributes()
+                        .and_then(|a| a.get(chirp::canary::HEADER))
+                        .and_then(|v| v.string_value())
+                        .expect("a canary's token")
+                        .to_owned();
+                    let seq = signer.decode(&token).expect("a valid token").seq;
+                    seen.insert(seq, (token, m.body().unwrap_or_default().to_owned()));
+                    // Five canaries on, the copy of a recorded one.
+                    if let Some(s) = seq.checked_sub(5).filter(|s| [3, 7, 11].contains(s)) {
+                        let (token, body) = &seen[&s];
+                        support::targets::sqs_send(&sqs, &dlq, Some(token), body.as_bytes()).await;
+                    }
+                }
+            }
+        })
+    };
+    let config = conf(&t, port)
+        .probe(
+            "{name: redriven, interval: 20ms, deadline: 5s, inject: {sqs: {connection: q, queue: redrive-in}}, catch: {sqs: {connection: q, queue: redrive-out}}}",
+        )
+        .build();
+    const N: u64 = 60;
+    let mut rt = support::start_counted(&config, N).await;
+    rt.injection_done().await;
+    assert_eq!(rt.drain(Duration::from_secs(10)).await, 0);
+    let p = support::probe(&rt, "redriven");
+    wait_for("the three copies", Duration::from_secs(10), || {
+        p.counts().duplicate >= 3
+    })
+    .await;
+    let c = p.counts();
+    assert!(c.invariant_holds(), "{c:?}");
+    assert_eq!(
+        (
+            c.sent,
+            c.delivered,
+            c.lost,
+            c.publish_failed,
+            c.duplicate,
+            c.late
+        ),
+        (N, N, 0, 0, 3, 0),
+        "{c:?}"
+    );
+    rt.shutdown().await;
+    pipeline.abort();
 }

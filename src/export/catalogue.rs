@@ -244,7 +244,7 @@ pub const CATALOGUE: &[Metric] = &[
     metric!(Probe, "chirp_build_info", None, Info, "", &[("version", "service.version"), ("revision", "chirp.revision")], Read::Build,
         "chirp's version and source revision (in OTLP, the resource attributes service.version and chirp.revision); 1 while chirp is scraped, so its absence means chirp is down."),
     metric!(Transport, "chirp_transport_reconnects_total", Some("chirp.transport.reconnects"), Counter, "{reconnect}", &[("connection", "connection"), ("role", "role")], Read::Reconnects,
-        "Times a client connection was lost (chirp reconnects, or is reconnecting), by named connection and role: NATS has a client for injects and one for catches; a Kafka connection counts as one client."),
+        "Times a client connection was lost (chirp reconnects, or is reconnecting), by named connection and role: NATS has a client for injects and one for catches; a Kafka connection counts as one client; SQS, which has no connection to lose, counts each time an end stopped reaching it."),
     metric!(Listener, "chirp_http_requests_rejected_total", Some("chirp.http.requests.rejected"), Counter, "{request}", &[("reason", "reason")], Read::ListenerRejected,
         "Requests and connections chirp's listener refused, by reason: connections (at listen.max_connections), tls, header_timeout, body_timeout, body_too_large, malformed, unauthorized (all seven exported while the listener runs)."),
     metric!(Listener, "chirp_http_connections", Some("chirp.http.connections"), UpDown, "{connection}", NONE, Read::ListenerOpen,

@@ -14,6 +14,7 @@ pub mod kafka;
 pub mod mqtt;
 pub mod nats;
 pub mod redis;
+pub mod sqs;
 
 pub use connections::{connect, connect_needed, needs, Connections, Need, Roles};
 pub use errors::{chain, classify_io};
@@ -34,7 +35,7 @@ use tokio_util::task::TaskTracker;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Transports chirp will have but does not have yet.
-const PLANNED: [&str; 2] = ["pubsub", "sqs"];
+const PLANNED: [&str; 1] = ["pubsub"];
 
 const ONE_TRANSPORT: &str =
     "name exactly one transport, e.g. `nats: {connection: main, subject: orders.in}`";
@@ -138,6 +139,7 @@ pub enum ConnectionConfig {
     Amqp(amqp::config::ConnectionConfig),
     Mqtt(mqtt::config::ConnectionConfig),
     Redis(redis::config::ConnectionConfig),
+    Sqs(sqs::config::ConnectionConfig),
 }
 
 /// Where a probe's canaries go in.
@@ -150,6 +152,7 @@ pub enum InjectConfig {
     Amqp(amqp::config::InjectConfig),
     Mqtt(mqtt::config::InjectConfig),
     Redis(redis::config::InjectConfig),
+    Sqs(sqs::config::InjectConfig),
 }
 
 /// Where a probe's canaries come out.
@@ -162,6 +165,7 @@ pub enum CatchConfig {
     Amqp(amqp::config::CatchConfig),
     Mqtt(mqtt::config::CatchConfig),
     Redis(redis::config::CatchConfig),
+    Sqs(sqs::config::CatchConfig),
 }
 
 one_transport!(ConnectionConfig {
@@ -170,6 +174,7 @@ one_transport!(ConnectionConfig {
     "amqp" => Amqp(amqp::config::ConnectionConfig),
     "mqtt" => Mqtt(mqtt::config::ConnectionConfig),
     "redis" => Redis(redis::config::ConnectionConfig),
+    "sqs" => Sqs(sqs::config::ConnectionConfig),
 });
 one_transport!(InjectConfig {
     "nats" => Nats(nats::config::InjectConfig),
@@ -179,6 +184,7 @@ one_transport!(InjectConfig {
     "amqp" => Amqp(amqp::config::InjectConfig),
     "mqtt" => Mqtt(mqtt::config::InjectConfig),
     "redis" => Redis(redis::config::InjectConfig),
+    "sqs" => Sqs(sqs::config::InjectConfig),
 });
 one_transport!(CatchConfig {
     "nats" => Nats(nats::config::CatchConfig),
@@ -188,6 +194,7 @@ one_transport!(CatchConfig {
     "amqp" => Amqp(amqp::config::CatchConfig),
     "mqtt" => Mqtt(mqtt::config::CatchConfig),
     "redis" => Redis(redis::config::CatchConfig),
+    "sqs" => Sqs(sqs::config::CatchConfig),
 });
 
 impl ConnectionConfig {
@@ -198,6 +205,7 @@ impl ConnectionConfig {
             ConnectionConfig::Amqp(_) => "amqp",
             ConnectionConfig::Mqtt(_) => "mqtt",
             ConnectionConfig::Redis(_) => "redis",
+            ConnectionConfig::Sqs(_) => "sqs",
         }
     }
 
@@ -209,6 +217,7 @@ impl ConnectionConfig {
             ConnectionConfig::Amqp(c) => c.validate(&path, p),
             ConnectionConfig::Mqtt(c) => c.validate(&path, p),
             ConnectionConfig::Redis(c) => c.validate(&path, p),
+            ConnectionConfig::Sqs(c) => c.validate(&path, p),
         }
     }
 }
@@ -238,6 +247,7 @@ impl InjectConfig {
             InjectConfig::Amqp(c) => amqp::config::inject_end(c),
             InjectConfig::Mqtt(c) => mqtt::config::end(&c.topic, &c.connection),
             InjectConfig::Redis(c) => redis::config::end(&c.stream, &c.connection),
+            InjectConfig::Sqs(c) => sqs::config::end(&c.queue, &c.connection),
         }
     }
 
@@ -260,6 +270,7 @@ impl InjectConfig {
             InjectConfig::Amqp(c) => c.validate(&path, p),
             InjectConfig::Mqtt(c) => c.validate(&path, p),
             InjectConfig::Redis(c) => c.validate(&path, p),
+            InjectConfig::Sqs(c) => c.validate(&path, p),
         }
         check_connection(&self.end(), &path, conns, p);
     }
@@ -281,6 +292,7 @@ impl CatchConfig {
             CatchConfig::Amqp(c) => amqp::config::catch_end(c),
             CatchConfig::Mqtt(c) => mqtt::config::end(&c.topic, &c.connection),
             CatchConfig::Redis(c) => redis::config::end(&c.stream, &c.connection),
+            CatchConfig::Sqs(c) => sqs::config::end(&c.queue, &c.connection),
         }
     }
 
@@ -303,6 +315,7 @@ impl CatchConfig {
             CatchConfig::Amqp(c) => c.validate(&path, p),
             CatchConfig::Mqtt(c) => c.validate(&path, p),
             CatchConfig::Redis(c) => c.validate(&path, p),
+            CatchConfig::Sqs(c) => c.validate(&path, p),
         }
         check_connection(&self.end(""), &path, conns, p);
     }

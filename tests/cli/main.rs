@@ -17,5 +17,6 @@ mod reload;
 mod reports;
 mod secrets;
 mod secure;
+mod sqs;
 mod status;
 mod templates;

@@ -1,6 +1,7 @@
 //! Brokers the tests start themselves, on free ports with their own data
 //! directories, and can kill and restart: nats-server, mosquitto, redis-server, tansu (a
-//! Kafka-compatible broker) and librdkafka's mock cluster (in this process).
+//! Kafka-compatible broker), moto (an emulator of Amazon SQS, not AWS) and
+//! librdkafka's mock cluster (in this process).
 
 use super::{find_bin, free_port, TempDir};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -428,6 +429,132 @@ impl RedisServer {
 }
 
 impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// moto in server mode (PyPI `moto[server]`): an emulator of AWS APIs,
+/// here Amazon SQS, standing in for AWS in the tests; it is not AWS. It
+/// keeps everything in memory: a restart loses every queue. Started on a
+/// free port, stopped on drop.
+pub struct MotoServer {
+    pub port: u16,
+    bin: PathBuf,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+fn find_moto() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".local/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("moto_server"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "moto_server is not installed: run `python3 -m pip install 'moto[server]'` (or ./scripts/test) and rerun"
+            )
+        })
+}
+
+impl MotoServer {
+    pub fn start() -> MotoServer {
+        let mut s = MotoServer {
+            port: free_port(),
+            bin: find_moto(),
+            dir: TempDir::new("moto"),
+            child: None,
+        };
+        s.restart();
+        s
+    }
+
+    /// The endpoint a client is given instead of AWS's.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The `sqs:` connection settings of a client of this emulator (moto
+    /// takes any keys).
+    pub fn connection(&self) -> String {
+        format!(
+            "sqs: {{region: us-east-1, endpoint: \"{}\", access_key_id: AKIDCHIRPTEST, secret_access_key: moto-takes-any-key}}",
+            self.endpoint()
+        )
+    }
+
+    /// A test's own SQS client of this emulator.
+    pub fn client(&self) -> aws_sdk_sqs::Client {
+        let conf = aws_sdk_sqs::config::Builder::new()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .endpoint_url(self.endpoint())
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "AKIDCHIRPTEST",
+                "moto-takes-any-key",
+                None,
+                None,
+                "test",
+            ))
+            .http_client(aws_smithy_http_client::Builder::new().build_http())
+            .build();
+        aws_sdk_sqs::Client::from_conf(conf)
+    }
+
+    /// Starts (or starts again) on the same port, with no queues, and waits
+    /// until it answers.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("moto.log"))
+            .expect("log file");
+        let child = Command::new(&self.bin)
+            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("cannot start moto_server");
+        self.child = Some(child);
+        let give_up = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = super::http_get(self.port, "/moto-api/").unwrap_or_default();
+            if answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200") {
+                break;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "moto_server did not answer on port {} within 30s: {}",
+                self.port,
+                std::fs::read_to_string(self.dir.path().join("moto.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the emulator abruptly (SIGKILL to its process group), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: killpg takes no pointers; the group is the emulator's
+            // own (spawned with process_group(0)), so nothing else is hit.
+            unsafe {
+                libc::killpg(c.id() as i32, libc::SIGKILL);
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for MotoServer {
     fn drop(&mut self) {
         self.kill();
     }

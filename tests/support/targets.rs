@@ -3,7 +3,9 @@
 //! line to the list in `tests/faults.rs`; every scenario (relay faults,
 //! broker or endpoint restart, garbage at the sink) then runs on it.
 
-use super::brokers::{create_topics, MosquittoServer, NatsServer, RabbitMq, RedisServer, Tansu};
+use super::brokers::{
+    create_topics, MosquittoServer, MotoServer, NatsServer, RabbitMq, RedisServer, Tansu,
+};
 use super::{free_port, KEY};
 use axum::body::Bytes;
 use axum::http::HeaderMap;
@@ -1076,6 +1078,234 @@ impl Target for Redis {
         // relay's, then chirp's) on a busy 2-core machine: 31 ms over the
         // injected delay at p90 was seen with four compilers running.
         Duration::from_millis(40)
+    }
+
+    fn outage_kind(&self) -> FailureKind {
+        FailureKind::Unavailable
+    }
+}
+
+// ---------------------------------------------------------------- SQS
+
+/// Amazon SQS as moto emulates it (not AWS): a standard queue per
+/// destination, created by the test (chirp creates none).
+pub struct Sqs {
+    pub server: MotoServer,
+    client: aws_sdk_sqs::Client,
+    /// The queues made so far, made again after a restart (moto keeps nothing).
+    queues: Mutex<Vec<String>>,
+}
+
+impl Sqs {
+    /// Creates `name` (a FIFO queue when it ends in `.fifo`) with these
+    /// attributes; returns its URL.
+    pub async fn create(&self, name: &str, attributes: &[(&str, &str)]) -> String {
+        let mut req = self.client.create_queue().queue_name(name);
+        if name.ends_with(".fifo") {
+            req = req.attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true");
+        }
+        for (k, v) in attributes {
+            req = req.attributes(aws_sdk_sqs::types::QueueAttributeName::from(*k), *v);
+        }
+        let url = req
+            .send()
+            .await
+            .expect("create the queue")
+            .queue_url()
+            .expect("a queue URL")
+            .to_owned();
+        let mut q = self.queues.lock().unwrap();
+        if !q.iter().any(|n| n == name) {
+            q.push(name.to_owned());
+        }
+        url
+    }
+
+    pub fn client(&self) -> &aws_sdk_sqs::Client {
+        &self.client
+    }
+
+    pub async fn url(&self, name: &str) -> String {
+        self.client
+            .get_queue_url()
+            .queue_name(name)
+            .send()
+            .await
+            .expect("the queue's URL")
+            .queue_url()
+            .expect("a queue URL")
+            .to_owned()
+    }
+}
+
+/// SQS bodies are text (XML's characters): bytes that are not are sent as
+/// their lossy UTF-8 reading, anything else outside the set as U+FFFD.
+pub fn sqs_text(body: &[u8]) -> String {
+    String::from_utf8_lossy(body)
+        .chars()
+        .map(|c| match c {
+            '\t'
+            | '\n'
+            | '\r'
+            | '\u{20}'..='\u{D7FF}'
+            | '\u{E000}'..='\u{FFFD}'
+            | '\u{10000}'.. => c,
+            _ => '\u{FFFD}',
+        })
+        .collect()
+}
+
+/// Sends as a pipeline would: the body, and the token in the `Chirp-Token`
+/// message attribute (if any).
+pub async fn sqs_send(client: &aws_sdk_sqs::Client, url: &str, token: Option<&str>, body: &[u8]) {
+    let mut req = client
+        .send_message()
+        .queue_url(url)
+        .message_body(sqs_text(body));
+    if let Some(t) = token {
+        req = req.message_attributes(
+            HEADER,
+            aws_sdk_sqs::types::MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(t)
+                .build()
+                .unwrap(),
+        );
+    }
+    req.send().await.expect("SendMessage");
+}
+
+/// Receives `url` until the task is aborted, deleting what it reads and
+/// handing each message on as a `Msg`.
+pub fn sqs_tail(
+    client: aws_sdk_sqs::Client,
+    url: String,
+) -> tokio::sync::mpsc::UnboundedReceiver<Msg> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok(out) = client
+                .receive_message()
+                .queue_url(&url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .message_attribute_names("All")
+                .send()
+                .await
+            else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            for m in out.messages() {
+                let token = m
+                    .message_attributes()
+                    .and_then(|a| a.get(HEADER))
+                    .and_then(|v| v.string_value())
+                    .map(str::to_owned);
+                let _ = client
+                    .delete_message()
+                    .queue_url(&url)
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .send()
+                    .await;
+                let msg = Msg {
+                    token,
+                    body: m.body().unwrap_or_default().as_bytes().to_vec(),
+                    to: None,
+                };
+                if tx.send(msg).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+impl Target for Sqs {
+    async fn start(_chirp_port: u16) -> Self {
+        let server = tokio::task::block_in_place(MotoServer::start);
+        let client = server.client();
+        Sqs {
+            server,
+            client,
+            queues: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn connection(&self) -> Option<(String, String)> {
+        Some(("q".into(), self.server.connection()))
+    }
+
+    fn inject(&self, dest: &str) -> String {
+        format!("{{sqs: {{connection: q, queue: {dest}}}}}")
+    }
+
+    fn catch(&self, dest: &str) -> String {
+        self.inject(dest)
+    }
+
+    async fn prepare(&self, dests: &[&str]) {
+        for d in dests {
+            self.create(d, &[]).await;
+        }
+    }
+
+    async fn relay(&self, from: &str, to: &str, _probe: &str, plan: Plan) -> JoinHandle<()> {
+        let mut input = sqs_tail(self.client.clone(), self.url(from).await);
+        let mut urls = HashMap::new();
+        for q in [Some(to), plan.dlq.as_deref()].into_iter().flatten() {
+            urls.insert(q.to_owned(), self.url(q).await);
+        }
+        let (client, to) = (self.client.clone(), to.to_owned());
+        let queue = forwarder(move |m: Msg| {
+            let client = client.clone();
+            let url = urls[m.to.as_deref().unwrap_or(&to)].clone();
+            async move { sqs_send(&client, &url, m.token.as_deref(), &m.body).await }
+        });
+        tokio::spawn(async move {
+            let mut relay = Relay::new(plan);
+            while let Some(m) = input.recv().await {
+                let _ = queue.send(relay.on(m));
+            }
+        })
+    }
+
+    async fn publish(&self, dest: &str, _probe: &str, token: Option<&str>, body: Vec<u8>) {
+        sqs_send(&self.client, &self.url(dest).await, token, &body).await;
+    }
+
+    async fn looped(&self, name: &str) -> Looped {
+        let dest = format!("{name}-loop");
+        self.prepare(&[&dest]).await;
+        Looped {
+            inject: self.inject(&dest),
+            catch: self.catch(&dest),
+            dest,
+        }
+    }
+
+    fn kill(&mut self) {
+        self.server.kill();
+    }
+
+    async fn restart(&mut self) {
+        tokio::task::block_in_place(|| self.server.restart());
+        // moto keeps nothing: the queues come back, empty.
+        let queues = self.queues.lock().unwrap().clone();
+        for q in queues {
+            self.create(&q, &[]).await;
+        }
+    }
+
+    fn reports_down(&self) -> bool {
+        true
+    }
+
+    fn tolerance(&self) -> Duration {
+        // Four calls to moto (Python) per canary through the relay, about
+        // 25 ms in all on a busy 2-core machine.
+        Duration::from_millis(60)
     }
 
     fn outage_kind(&self) -> FailureKind {
