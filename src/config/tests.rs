@@ -197,8 +197,8 @@ probes:
     let e = errors(text);
     let joined = e.join("\n");
     for want in [
-        "probes[0].inject: unknown transport `natz` (one of: nats, jetstream, http, kafka, amqp, mqtt, redis); did you mean `nats`?",
-        "probes[1].catch: transport `sqs` is not supported yet (supported: nats, jetstream, http, kafka, amqp, mqtt, redis)",
+        "probes[0].inject: unknown transport `natz` (one of: nats, jetstream, http, kafka, amqp, mqtt, redis, pubsub); did you mean `nats`?",
+        "probes[1].catch: transport `sqs` is not supported yet (supported: nats, jetstream, http, kafka, amqp, mqtt, redis, pubsub)",
         "probes[2].slo.latency.objective: objective `100%` must be strictly between",
         "probes[3].slo.slice: 7m must be a whole number of seconds that divides a day",
         "probes[4].inject: name exactly one transport",

@@ -85,6 +85,7 @@ pub struct Connections {
     amqp: BTreeMap<String, amqp::Connected>,
     mqtt: BTreeMap<String, mqtt::Connected>,
     redis: BTreeMap<String, redis::Connected>,
+    pubsub: BTreeMap<String, pubsub::Connected>,
     links: Vec<Arc<LinkStatus>>,
 }
 
@@ -130,6 +131,11 @@ pub async fn connect_needed(
                 let conn = redis::connect(name, c, need.roles, ctx).await?;
                 out.links.extend(conn.links());
                 out.redis.insert(name.clone(), conn);
+            }
+            ConnectionConfig::PubSub(c) => {
+                let conn = pubsub::connect(name, c, need.roles, ctx).await?;
+                out.links.extend(conn.links());
+                out.pubsub.insert(name.clone(), conn);
             }
         }
     }
@@ -194,6 +200,10 @@ impl Connections {
             InjectConfig::Redis(c) => {
                 redis::inject::build(named(&self.redis, &c.connection)?, c, publish_timeout, ctx)?
             }
+            InjectConfig::PubSub(c) => {
+                pubsub::inject::build(named(&self.pubsub, &c.connection)?, c, publish_timeout, ctx)
+                    .await?
+            }
         })
     }
 
@@ -224,6 +234,9 @@ impl Connections {
             CatchConfig::Redis(c) => {
                 redis::catch::start(named(&self.redis, &c.connection)?, c, sink, ctx).await?
             }
+            CatchConfig::PubSub(c) => {
+                pubsub::catch::start(named(&self.pubsub, &c.connection)?, c, sink, ctx).await?
+            }
         })
     }
 
@@ -252,6 +265,9 @@ impl Connections {
             if let Some(c) = self.redis.remove(name) {
                 out.redis.insert(name.clone(), c);
             }
+            if let Some(c) = self.pubsub.remove(name) {
+                out.pubsub.insert(name.clone(), c);
+            }
         }
         let (gone, kept) = std::mem::take(&mut self.links)
             .into_iter()
@@ -268,6 +284,7 @@ impl Connections {
         self.amqp.extend(other.amqp);
         self.mqtt.extend(other.mqtt);
         self.redis.extend(other.redis);
+        self.pubsub.extend(other.pubsub);
         self.links.extend(other.links);
     }
 
@@ -284,5 +301,8 @@ impl Connections {
         drop(self.mqtt);
         // Ends the inject clients' supervisors; the catches end with their probes.
         drop(self.redis);
+        // Ends the inject sides' supervisors; the publishers' dispatchers
+        // end with the last injector, the catches' streams with their probes.
+        drop(self.pubsub);
     }
 }

@@ -13,6 +13,7 @@ pub mod jetstream;
 pub mod kafka;
 pub mod mqtt;
 pub mod nats;
+pub mod pubsub;
 pub mod redis;
 
 pub use connections::{connect, connect_needed, needs, Connections, Need, Roles};
@@ -33,8 +34,20 @@ use tokio_util::task::TaskTracker;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Makes ring rustls' process-wide default provider (once; a provider
+/// installed before stays). Clients that take the process default, as
+/// Google's do without their aws-lc-rs feature, need one, or they panic
+/// on first use: `main` calls this at start, and so does every transport
+/// that needs it, for a runtime built without `main` (tests, benches).
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Transports chirp will have but does not have yet.
-const PLANNED: [&str; 2] = ["pubsub", "sqs"];
+const PLANNED: [&str; 1] = ["sqs"];
 
 const ONE_TRANSPORT: &str =
     "name exactly one transport, e.g. `nats: {connection: main, subject: orders.in}`";
@@ -138,6 +151,7 @@ pub enum ConnectionConfig {
     Amqp(amqp::config::ConnectionConfig),
     Mqtt(mqtt::config::ConnectionConfig),
     Redis(redis::config::ConnectionConfig),
+    PubSub(pubsub::config::ConnectionConfig),
 }
 
 /// Where a probe's canaries go in.
@@ -150,6 +164,7 @@ pub enum InjectConfig {
     Amqp(amqp::config::InjectConfig),
     Mqtt(mqtt::config::InjectConfig),
     Redis(redis::config::InjectConfig),
+    PubSub(pubsub::config::InjectConfig),
 }
 
 /// Where a probe's canaries come out.
@@ -162,6 +177,7 @@ pub enum CatchConfig {
     Amqp(amqp::config::CatchConfig),
     Mqtt(mqtt::config::CatchConfig),
     Redis(redis::config::CatchConfig),
+    PubSub(pubsub::config::CatchConfig),
 }
 
 one_transport!(ConnectionConfig {
@@ -170,6 +186,7 @@ one_transport!(ConnectionConfig {
     "amqp" => Amqp(amqp::config::ConnectionConfig),
     "mqtt" => Mqtt(mqtt::config::ConnectionConfig),
     "redis" => Redis(redis::config::ConnectionConfig),
+    "pubsub" => PubSub(pubsub::config::ConnectionConfig),
 });
 one_transport!(InjectConfig {
     "nats" => Nats(nats::config::InjectConfig),
@@ -179,6 +196,7 @@ one_transport!(InjectConfig {
     "amqp" => Amqp(amqp::config::InjectConfig),
     "mqtt" => Mqtt(mqtt::config::InjectConfig),
     "redis" => Redis(redis::config::InjectConfig),
+    "pubsub" => PubSub(pubsub::config::InjectConfig),
 });
 one_transport!(CatchConfig {
     "nats" => Nats(nats::config::CatchConfig),
@@ -188,6 +206,7 @@ one_transport!(CatchConfig {
     "amqp" => Amqp(amqp::config::CatchConfig),
     "mqtt" => Mqtt(mqtt::config::CatchConfig),
     "redis" => Redis(redis::config::CatchConfig),
+    "pubsub" => PubSub(pubsub::config::CatchConfig),
 });
 
 impl ConnectionConfig {
@@ -198,6 +217,7 @@ impl ConnectionConfig {
             ConnectionConfig::Amqp(_) => "amqp",
             ConnectionConfig::Mqtt(_) => "mqtt",
             ConnectionConfig::Redis(_) => "redis",
+            ConnectionConfig::PubSub(_) => "pubsub",
         }
     }
 
@@ -209,6 +229,7 @@ impl ConnectionConfig {
             ConnectionConfig::Amqp(c) => c.validate(&path, p),
             ConnectionConfig::Mqtt(c) => c.validate(&path, p),
             ConnectionConfig::Redis(c) => c.validate(&path, p),
+            ConnectionConfig::PubSub(c) => c.validate(&path, p),
         }
     }
 }
@@ -238,6 +259,7 @@ impl InjectConfig {
             InjectConfig::Amqp(c) => amqp::config::inject_end(c),
             InjectConfig::Mqtt(c) => mqtt::config::end(&c.topic, &c.connection),
             InjectConfig::Redis(c) => redis::config::end(&c.stream, &c.connection),
+            InjectConfig::PubSub(c) => pubsub::config::inject_end(c),
         }
     }
 
@@ -260,6 +282,7 @@ impl InjectConfig {
             InjectConfig::Amqp(c) => c.validate(&path, p),
             InjectConfig::Mqtt(c) => c.validate(&path, p),
             InjectConfig::Redis(c) => c.validate(&path, p),
+            InjectConfig::PubSub(c) => c.validate(&path, p),
         }
         check_connection(&self.end(), &path, conns, p);
     }
@@ -281,6 +304,7 @@ impl CatchConfig {
             CatchConfig::Amqp(c) => amqp::config::catch_end(c),
             CatchConfig::Mqtt(c) => mqtt::config::end(&c.topic, &c.connection),
             CatchConfig::Redis(c) => redis::config::end(&c.stream, &c.connection),
+            CatchConfig::PubSub(c) => pubsub::config::catch_end(c),
         }
     }
 
@@ -303,6 +327,7 @@ impl CatchConfig {
             CatchConfig::Amqp(c) => c.validate(&path, p),
             CatchConfig::Mqtt(c) => c.validate(&path, p),
             CatchConfig::Redis(c) => c.validate(&path, p),
+            CatchConfig::PubSub(c) => c.validate(&path, p),
         }
         check_connection(&self.end(""), &path, conns, p);
     }
