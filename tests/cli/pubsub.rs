@@ -77,6 +77,8 @@ fn check_counts_every_canary_through_the_emulator() {
             ("events-a", "events"),
             ("orders-b", "orders"),
             ("events-b", "events"),
+            ("orders-c", "orders"),
+            ("events-c", "events"),
         ],
     );
     let said = check_with(&loop_conf(Some(&emulator.endpoint()), "a"), 300, 0, &[]);
@@ -95,6 +97,38 @@ fn check_counts_every_canary_through_the_emulator() {
     for probe in ["by-id", "by-name"] {
         assert_eq!(&row(&said, probe)[1..5], ["20", "20", "0", "0"], "{said}");
     }
+    // The JSON report names the transport as the schema allows.
+    let cfg = loop_conf(Some(&emulator.endpoint()), "c").file();
+    let out = exits(
+        Command::new(&*CHIRP)
+            .args(["check", "--count", "5", "--format", "json", "-c"])
+            .arg(&cfg.path),
+        0,
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/check-report.schema.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut schemas = boon::Schemas::new();
+    let mut compiler = boon::Compiler::new();
+    compiler
+        .add_resource("check-report.schema.json", schema)
+        .unwrap();
+    let index = compiler
+        .compile("check-report.schema.json", &mut schemas)
+        .unwrap();
+    if let Err(e) = schemas.validate(&report, index) {
+        panic!("{e:#}\n{report:#}");
+    }
+    assert!(
+        report.to_string().contains(r#""inject":"pubsub""#),
+        "{report}"
+    );
 }
 
 #[test]
