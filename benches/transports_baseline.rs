@@ -1,15 +1,16 @@
 //! Benchmark: chirp next to a raw client loop on the same broker, in one
 //! run, for the transports with a broker acknowledgement: JetStream (PubAck),
-//! MQTT (QoS 1 PUBACK), RabbitMQ (publisher confirms) and Redis Streams
-//! (XADD's reply; read as a consumer group, XACK after), and Amazon SQS on
+//! MQTT (QoS 1 PUBACK), RabbitMQ (publisher confirms), Redis Streams
+//! (XADD's reply; read as a consumer group, XACK after), Amazon SQS on
 //! moto, an emulator (SendMessage's answer; long-polled, deleted after) at a
-//! rate moto keeps up with. Same rate, message size and layout;
+//! rate moto keeps up with, and Google Cloud Pub/Sub on its emulator (the
+//! message ID; a streaming pull, acked after). Same rate, message size and layout;
 //! both measure end-to-end latency from the intended slot and the publish
 //! latency (send → broker's ack). The raw loops keep their slots with
 //! chirp's precise timer, so both carry the same schedule. Run with
 //! `cargo bench --bench transports_baseline` (needs nats-server, mosquitto,
-//! rabbitmq-server, redis-server and moto_server); `-- sqs` runs one
-//! transport. Figures only: nothing here asserts a speed.
+//! rabbitmq-server, redis-server, moto_server and the Pub/Sub emulator);
+//! `-- sqs` (or `-- pubsub`, …) runs only the transports named. Figures only: nothing here asserts a speed.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -404,6 +405,61 @@ async fn raw_sqs(client: &aws_sdk_sqs::Client, url: &str) -> Raw {
     }
 }
 
+/// `round` names a topic and subscription of its own: a stream of an
+/// earlier round may still hold messages the emulator sent it.
+async fn raw_pubsub(endpoint: &str, round: u32) -> Raw {
+    use support::targets::{pubsub_create, pubsub_publisher, pubsub_subscription};
+    let name = format!("bench-raw-{round}");
+    pubsub_create(endpoint, &name, &name, false).await;
+    let client = google_cloud_pubsub::client::Subscriber::builder()
+        .with_endpoint(endpoint)
+        .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build())
+        .build()
+        .await
+        .expect("subscriber");
+    let mut stream = client.subscribe(pubsub_subscription(&name)).build();
+    let publisher = pubsub_publisher(endpoint, &name).await;
+    let start = chirp::timer::align(Instant::now());
+    let timer = chirp::timer::Timer::precise();
+    let collector = tokio::spawn(async move {
+        let mut e2e = Histogram::<u64>::new(3).expect("histogram");
+        while let Some(Ok((m, h))) = stream.next().await {
+            let now = Instant::now().saturating_duration_since(start).as_micros() as u64;
+            e2e.record(now.saturating_sub(slot_of(&m.data)))
+                .expect("record");
+            h.ack();
+            if e2e.len() == COUNT {
+                break;
+            }
+        }
+        stream.shutdown_token().shutdown().await;
+        e2e
+    });
+    let mut publish = Histogram::<u64>::new(3).expect("histogram");
+    for i in 0..COUNT {
+        let intended = start + INTERVAL * i as u32;
+        timer.sleep_until(intended).await;
+        let sent = Instant::now();
+        // Batching off, the message ID awaited, as chirp does.
+        publisher
+            .publish(google_cloud_pubsub::model::Message::new().set_data(payload(start, intended)))
+            .await
+            .expect("publish");
+        publish
+            .record(sent.elapsed().as_micros() as u64)
+            .expect("record");
+    }
+    let e2e = tokio::time::timeout(Duration::from_secs(30), collector)
+        .await
+        .expect("all back")
+        .expect("collector");
+    Raw {
+        start,
+        e2e,
+        publish,
+    }
+}
+
 /// chirp's loop through `inject`/`catch` on `connection`: its end-to-end
 /// and publish latency histograms, rebuilt from its summaries' percentiles.
 async fn chirp(connection: (&str, String), inject: &str, catch: &str, name: &str) {
@@ -579,6 +635,55 @@ fn main() {
                         "{sqs: {connection: main, queue: bench-chirp}}",
                         "{sqs: {connection: main, queue: bench-chirp}}",
                         "sqs (moto): chirp",
+                    )
+                    .await;
+                }
+            }
+        });
+    }
+    if wanted("pubsub") {
+        let emulator = support::brokers::PubSubEmulator::start();
+        rt.block_on(async {
+            let endpoint = emulator.endpoint();
+            support::targets::pubsub_create(&endpoint, "bench-chirp", "bench-chirp", false).await;
+            for round in 0..2 {
+                let r = raw_pubsub(&endpoint, round).await;
+                row("pubsub: raw loop", &r.e2e, &r.publish);
+                if round == 0 {
+                    chirp(
+                        (
+                            "main",
+                            format!(
+                                "pubsub: {{project: {}, endpoint: \"{endpoint}\"}}",
+                                support::targets::PUBSUB_PROJECT
+                            ),
+                        ),
+                        "{pubsub: {connection: main, topic: bench-chirp}}",
+                        "{pubsub: {connection: main, subscription: bench-chirp}}",
+                        "pubsub: chirp",
+                    )
+                    .await;
+                }
+            }
+        });
+    }
+    if wanted("redis") {
+        let redis = support::brokers::RedisServer::start();
+        rt.block_on(async {
+            for round in 0..2 {
+                let r = raw_redis(&redis).await;
+                row("redis: raw loop", &r.e2e, &r.publish);
+                let _: () = redis::cmd("DEL")
+                    .arg("bench.raw")
+                    .query_async(&mut redis.client().await)
+                    .await
+                    .expect("DEL");
+                if round == 0 {
+                    chirp(
+                        ("main", format!("redis: {{url: \"{}\"}}", redis.url())),
+                        "{redis: {connection: main, stream: bench.chirp}}",
+                        "{redis: {connection: main, stream: bench.chirp, group: chirp}}",
+                        "redis: chirp",
                     )
                     .await;
                 }

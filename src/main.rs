@@ -29,6 +29,9 @@ fn main() -> ExitCode {
         json_panics();
     }
     init_logging(cli.log_format, cli.command.default_log_level());
+    // Before any client makes a TLS connection: ring is rustls' provider
+    // for every client that takes the process default (Google's).
+    chirp::transport::install_crypto_provider();
     map_large_buffers();
     chirp::server::listener::on_flood_end(release_memory);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

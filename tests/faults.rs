@@ -19,7 +19,9 @@ mod support;
 use chirp::canary::{Signer, Token};
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
-use support::targets::{JetStream, Kafka, Mqtt, Nats, Plan, Rabbit, Redis, Sqs, Target, Webhook};
+use support::targets::{
+    JetStream, Kafka, Mqtt, Nats, Plan, PubSub, Rabbit, Redis, Sqs, Target, Webhook,
+};
 use support::{free_port, wait_for, Conf, Scrape, KEY};
 use tokio::time::Instant;
 
@@ -406,6 +408,7 @@ suite! {
     mqtt: Mqtt => [relay_faults, restart, down_at_start, garbage, dead_letters];
     redis: Redis => [relay_faults, restart, down_at_start, garbage, dead_letters];
     sqs: Sqs => [relay_faults, restart, down_at_start, garbage, dead_letters];
+    pubsub: PubSub => [relay_faults, restart, down_at_start, garbage, dead_letters];
 }
 
 /// The webhook receiver's own checks: unsigned and badly signed requests are
@@ -1427,4 +1430,186 @@ async fn sqs_redeliveries_count_by_what_chirp_recorded() {
     );
     rt.shutdown().await;
     pipeline.abort();
+}
+/// Pub/Sub: every acknowledged canary that Pub/Sub delivers again (here
+/// after a seek back in time, what an operator does to replay a
+/// subscription; a lost acknowledgement or an expired lease comes back the
+/// same way) is caught a second time and counted as a duplicate, once each;
+/// nothing is lost or late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_redelivered_canaries_count_as_duplicates_exactly() {
+    use support::targets::{pubsub_admin, pubsub_create, pubsub_subscription};
+    let port = free_port();
+    let t = PubSub::start(port).await;
+    let endpoint = t.emulator.endpoint();
+    let before = std::time::SystemTime::now();
+    // Acknowledged messages are kept, so a seek can deliver them again.
+    pubsub_create(&endpoint, "again", "again", true).await;
+    let config = conf(&t, port)
+        .probe("{name: again, interval: 20ms, deadline: 3s, inject: {pubsub: {connection: g, topic: again}}, catch: {pubsub: {connection: g, subscription: again}}}")
+        .build();
+    const N: u64 = 40;
+    let mut rt = support::start_counted(&config, N).await;
+    rt.injection_done().await;
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    let probe = support::probe(&rt, "again");
+    let c = probe.counts();
+    assert_eq!((c.sent, c.delivered, c.duplicate), (N, N, 0), "{c:?}");
+
+    let (_, subscriptions) = pubsub_admin(&endpoint).await;
+    subscriptions
+        .seek()
+        .set_subscription(pubsub_subscription("again"))
+        .set_time(google_cloud_wkt::Timestamp::try_from(before).unwrap())
+        .send()
+        .await
+        .expect("seek");
+    wait_for("the redeliveries", Duration::from_secs(20), || {
+        probe.counts().duplicate >= N
+    })
+    .await;
+    let c = probe.counts();
+    assert!(c.invariant_holds(), "{c:?}");
+    assert_eq!(
+        (c.sent, c.delivered, c.duplicate, c.lost, c.late),
+        (N, N, N, 0, 0),
+        "{c:?}"
+    );
+    assert_eq!((c.foreign, c.rejected, c.unrelated), (0, 0, 0), "{c:?}");
+    rt.shutdown().await;
+}
+
+/// Pub/Sub in `run`: a catch whose subscription does not exist yet is down
+/// and keeps checking (its canaries are lost, never silent), and catches
+/// from the moment the subscription is made; publishing to a topic that
+/// does not exist fails every slot as `rejected` (Pub/Sub's NOT_FOUND).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_a_missing_subscription_is_waited_for_and_a_missing_topic_is_rejected() {
+    use chirp::outcome::FailureKind;
+    let port = free_port();
+    let t = PubSub::start(port).await;
+    t.make("nowhere", "nowhere").await;
+    // The topic exists, its subscription not yet.
+    t.make("other", "late").await;
+    let config = conf(&t, port)
+        .probe("{name: waiting, interval: 50ms, deadline: 2s, inject: {pubsub: {connection: g, topic: late}}, catch: {pubsub: {connection: g, subscription: late}}}")
+        .probe("{name: missing, interval: 50ms, deadline: 2s, inject: {pubsub: {connection: g, topic: no-such-topic}}, catch: {pubsub: {connection: g, subscription: nowhere}}}")
+        .build();
+    let mut rt = support::start(&config).await;
+    let (waiting, missing) = (
+        support::probe(&rt, "waiting"),
+        support::probe(&rt, "missing"),
+    );
+    wait_for(
+        "lost canaries and refused publishes",
+        Duration::from_secs(20),
+        || waiting.counts().lost >= 5 && missing.counts().publish_failed >= 10,
+    )
+    .await;
+    let (w, m) = (waiting.counts(), missing.counts());
+    assert!(!waiting.is_up(), "its subscription does not exist");
+    assert_eq!((w.delivered, w.publish_failed), (0, 0), "{w:?}");
+    assert_eq!(m.failed(FailureKind::Rejected), m.publish_failed, "{m:?}");
+    assert_eq!(m.delivered, 0, "{m:?}");
+
+    let sent_before = waiting.counts().sent;
+    t.make("late", "late").await;
+    let sent_after = waiting.counts().sent;
+    wait_for("deliveries once it exists", Duration::from_secs(20), || {
+        waiting.counts().delivered >= 10
+    })
+    .await;
+    assert!(waiting.is_up());
+    rt.stop_injecting();
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    let w = waiting.counts();
+    assert!(w.invariant_holds(), "{w:?}");
+    // Exactly the canaries sent before the subscription existed are lost
+    // (give or take one on its way while it was made): Pub/Sub keeps the
+    // later ones for it, however long chirp takes to see it and subscribe.
+    assert!(
+        w.lost + 1 >= sent_before && w.lost <= sent_after + 1,
+        "{sent_before}..{sent_after}: {w:?}"
+    );
+    assert_eq!((w.publish_failed, w.duplicate), (0, 0), "{w:?}");
+    rt.shutdown().await;
+}
+
+/// Pub/Sub: while the emulator is down every slot fails at once as
+/// `unavailable` (none waits out its publish timeout in the client's
+/// retries, so none sits in flight), each client counts the outage once,
+/// and delivery resumes within seconds once Pub/Sub is back with its
+/// topic and subscription (the client's own reconnect backoff grows to a
+/// minute; chirp's does not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_an_outage_fails_every_slot_as_unavailable_and_recovery_is_quick() {
+    use chirp::outcome::FailureKind;
+    let port = free_port();
+    let mut t = PubSub::start(port).await;
+    let l = t.looped("outage").await;
+    let config = conf(&t, port)
+        .probe(format!(
+            "{{name: outage, interval: 50ms, deadline: 2s, publish_timeout: 2s, inject: {}, catch: {}}}",
+            l.inject, l.catch
+        ))
+        .build();
+    let mut rt = support::start(&config).await;
+    let addr = rt.addr.expect("a listener");
+    let probe = support::probe(&rt, "outage");
+    wait_for("deliveries", Duration::from_secs(20), || {
+        probe.counts().delivered >= 20
+    })
+    .await;
+    let before = probe.counts();
+    assert_eq!((before.lost, before.publish_failed), (0, 0), "{before:?}");
+
+    t.kill();
+    // Past the deadline of every canary sent before the outage.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    wait_for("the outage to show", Duration::from_secs(10), || {
+        probe.counts().publish_failed >= 20
+    })
+    .await;
+    let mut most_in_flight = 0;
+    for _ in 0..20 {
+        most_in_flight = most_in_flight.max(probe.counts().in_flight);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        most_in_flight <= 2,
+        "slots wait for the client instead of failing at once: {most_in_flight} in flight"
+    );
+    assert!(!probe.is_up());
+    let during = probe.counts();
+    assert_eq!(
+        during.failed(FailureKind::Unavailable),
+        during.publish_failed,
+        "{during:?}"
+    );
+    let reconnects = |role: &'static str| async move {
+        Scrape::get(addr).await.sum(
+            "chirp_transport_reconnects_total",
+            &[("connection", "g"), ("role", role)],
+        )
+    };
+    assert_eq!(reconnects("inject").await, 1.0);
+    assert_eq!(reconnects("catch").await, 1.0);
+
+    t.restart().await;
+    wait_for(
+        "a delivery after the restart",
+        Duration::from_secs(10),
+        || probe.counts().delivered > during.delivered,
+    )
+    .await;
+    wait_for("the probe to be up", Duration::from_secs(5), || {
+        probe.is_up()
+    })
+    .await;
+    rt.stop_injecting();
+    assert_eq!(rt.drain(Duration::from_secs(5)).await, 0);
+    let end = probe.counts();
+    assert!(end.invariant_holds(), "{end:?}");
+    assert_eq!(end.duplicate, 0, "{end:?}");
+    rt.shutdown().await;
 }

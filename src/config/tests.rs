@@ -179,7 +179,7 @@ probes:
     catch: {http: {}}
   - name: b
     inject: {http: {url: /hooks/b}}
-    catch: {pubsub: {}}
+    catch: {kinesis: {}}
   - name: c
     deadline: 1s
     inject: {http: {url: /hooks/c}}
@@ -197,8 +197,8 @@ probes:
     let e = errors(text);
     let joined = e.join("\n");
     for want in [
-        "probes[0].inject: unknown transport `natz` (one of: nats, jetstream, http, kafka, amqp, mqtt, redis, sqs); did you mean `nats`?",
-        "probes[1].catch: transport `pubsub` is not supported yet (supported: nats, jetstream, http, kafka, amqp, mqtt, redis, sqs)",
+        "probes[0].inject: unknown transport `natz` (one of: nats, jetstream, http, kafka, amqp, mqtt, redis, sqs, pubsub); did you mean `nats`?",
+        "probes[1].catch: unknown transport `kinesis` (one of: nats, jetstream, http, kafka, amqp, mqtt, redis, sqs, pubsub)",
         "probes[2].slo.latency.objective: objective `100%` must be strictly between",
         "probes[3].slo.slice: 7m must be a whole number of seconds that divides a day",
         "probes[4].inject: name exactly one transport",

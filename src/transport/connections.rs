@@ -86,6 +86,7 @@ pub struct Connections {
     mqtt: BTreeMap<String, mqtt::Connected>,
     redis: BTreeMap<String, redis::Connected>,
     sqs: BTreeMap<String, sqs::Connected>,
+    pubsub: BTreeMap<String, pubsub::Connected>,
     links: Vec<Arc<LinkStatus>>,
 }
 
@@ -136,6 +137,11 @@ pub async fn connect_needed(
                 let conn = sqs::connect(name, c, need.roles, ctx).await?;
                 out.links.extend(conn.links());
                 out.sqs.insert(name.clone(), conn);
+            }
+            ConnectionConfig::PubSub(c) => {
+                let conn = pubsub::connect(name, c, need.roles, ctx).await?;
+                out.links.extend(conn.links());
+                out.pubsub.insert(name.clone(), conn);
             }
         }
     }
@@ -204,6 +210,10 @@ impl Connections {
                 sqs::inject::build(named(&self.sqs, &c.connection)?, c, publish_timeout, ctx)
                     .await?
             }
+            InjectConfig::PubSub(c) => {
+                pubsub::inject::build(named(&self.pubsub, &c.connection)?, c, publish_timeout, ctx)
+                    .await?
+            }
         })
     }
 
@@ -237,6 +247,9 @@ impl Connections {
             CatchConfig::Sqs(c) => {
                 sqs::catch::start(named(&self.sqs, &c.connection)?, c, sink, ctx).await?
             }
+            CatchConfig::PubSub(c) => {
+                pubsub::catch::start(named(&self.pubsub, &c.connection)?, c, sink, ctx).await?
+            }
         })
     }
 
@@ -268,6 +281,9 @@ impl Connections {
             if let Some(c) = self.sqs.remove(name) {
                 out.sqs.insert(name.clone(), c);
             }
+            if let Some(c) = self.pubsub.remove(name) {
+                out.pubsub.insert(name.clone(), c);
+            }
         }
         let (gone, kept) = std::mem::take(&mut self.links)
             .into_iter()
@@ -285,6 +301,7 @@ impl Connections {
         self.mqtt.extend(other.mqtt);
         self.redis.extend(other.redis);
         self.sqs.extend(other.sqs);
+        self.pubsub.extend(other.pubsub);
         self.links.extend(other.links);
     }
 
@@ -303,5 +320,8 @@ impl Connections {
         drop(self.redis);
         // An SQS client holds no connection of its own beyond its pool.
         drop(self.sqs);
+        // Ends the inject sides' supervisors; the publishers' dispatchers
+        // end with the last injector, the catches' streams with their probes.
+        drop(self.pubsub);
     }
 }

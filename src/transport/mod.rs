@@ -13,6 +13,7 @@ pub mod jetstream;
 pub mod kafka;
 pub mod mqtt;
 pub mod nats;
+pub mod pubsub;
 pub mod redis;
 pub mod sqs;
 
@@ -34,26 +35,28 @@ use tokio_util::task::TaskTracker;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Transports chirp will have but does not have yet.
-const PLANNED: [&str; 1] = ["pubsub"];
+/// Makes ring rustls' process-wide default provider (once; a provider
+/// installed before stays). Clients that take the process default, as
+/// Google's do without their aws-lc-rs feature, need one, or they panic
+/// on first use: `main` calls this at start, and so does every transport
+/// that needs it, for a runtime built without `main` (tests, benches).
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
 
 const ONE_TRANSPORT: &str =
     "name exactly one transport, e.g. `nats: {connection: main, subject: orders.in}`";
 
 /// The error for a key that names no transport.
 fn unknown_transport<E: serde::de::Error>(key: &str, known: &[&str]) -> E {
-    if PLANNED.contains(&key) {
-        E::custom(format!(
-            "transport `{key}` is not supported yet (supported: {})",
-            known.join(", ")
-        ))
-    } else {
-        E::custom(format!(
-            "unknown transport `{key}` (one of: {}){}",
-            known.join(", "),
-            hint(key, known)
-        ))
-    }
+    E::custom(format!(
+        "unknown transport `{key}` (one of: {}){}",
+        known.join(", "),
+        hint(key, known)
+    ))
 }
 
 /// `{<transport>: {...}}`: a mapping with exactly one key naming the transport.
@@ -140,6 +143,7 @@ pub enum ConnectionConfig {
     Mqtt(mqtt::config::ConnectionConfig),
     Redis(redis::config::ConnectionConfig),
     Sqs(sqs::config::ConnectionConfig),
+    PubSub(pubsub::config::ConnectionConfig),
 }
 
 /// Where a probe's canaries go in.
@@ -153,6 +157,7 @@ pub enum InjectConfig {
     Mqtt(mqtt::config::InjectConfig),
     Redis(redis::config::InjectConfig),
     Sqs(sqs::config::InjectConfig),
+    PubSub(pubsub::config::InjectConfig),
 }
 
 /// Where a probe's canaries come out.
@@ -166,6 +171,7 @@ pub enum CatchConfig {
     Mqtt(mqtt::config::CatchConfig),
     Redis(redis::config::CatchConfig),
     Sqs(sqs::config::CatchConfig),
+    PubSub(pubsub::config::CatchConfig),
 }
 
 one_transport!(ConnectionConfig {
@@ -175,6 +181,7 @@ one_transport!(ConnectionConfig {
     "mqtt" => Mqtt(mqtt::config::ConnectionConfig),
     "redis" => Redis(redis::config::ConnectionConfig),
     "sqs" => Sqs(sqs::config::ConnectionConfig),
+    "pubsub" => PubSub(pubsub::config::ConnectionConfig),
 });
 one_transport!(InjectConfig {
     "nats" => Nats(nats::config::InjectConfig),
@@ -185,6 +192,7 @@ one_transport!(InjectConfig {
     "mqtt" => Mqtt(mqtt::config::InjectConfig),
     "redis" => Redis(redis::config::InjectConfig),
     "sqs" => Sqs(sqs::config::InjectConfig),
+    "pubsub" => PubSub(pubsub::config::InjectConfig),
 });
 one_transport!(CatchConfig {
     "nats" => Nats(nats::config::CatchConfig),
@@ -195,6 +203,7 @@ one_transport!(CatchConfig {
     "mqtt" => Mqtt(mqtt::config::CatchConfig),
     "redis" => Redis(redis::config::CatchConfig),
     "sqs" => Sqs(sqs::config::CatchConfig),
+    "pubsub" => PubSub(pubsub::config::CatchConfig),
 });
 
 impl ConnectionConfig {
@@ -206,6 +215,7 @@ impl ConnectionConfig {
             ConnectionConfig::Mqtt(_) => "mqtt",
             ConnectionConfig::Redis(_) => "redis",
             ConnectionConfig::Sqs(_) => "sqs",
+            ConnectionConfig::PubSub(_) => "pubsub",
         }
     }
 
@@ -218,6 +228,7 @@ impl ConnectionConfig {
             ConnectionConfig::Mqtt(c) => c.validate(&path, p),
             ConnectionConfig::Redis(c) => c.validate(&path, p),
             ConnectionConfig::Sqs(c) => c.validate(&path, p),
+            ConnectionConfig::PubSub(c) => c.validate(&path, p),
         }
     }
 }
@@ -248,6 +259,7 @@ impl InjectConfig {
             InjectConfig::Mqtt(c) => mqtt::config::end(&c.topic, &c.connection),
             InjectConfig::Redis(c) => redis::config::end(&c.stream, &c.connection),
             InjectConfig::Sqs(c) => sqs::config::end(&c.queue, &c.connection),
+            InjectConfig::PubSub(c) => pubsub::config::inject_end(c),
         }
     }
 
@@ -271,6 +283,7 @@ impl InjectConfig {
             InjectConfig::Mqtt(c) => c.validate(&path, p),
             InjectConfig::Redis(c) => c.validate(&path, p),
             InjectConfig::Sqs(c) => c.validate(&path, p),
+            InjectConfig::PubSub(c) => c.validate(&path, p),
         }
         check_connection(&self.end(), &path, conns, p);
     }
@@ -293,6 +306,7 @@ impl CatchConfig {
             CatchConfig::Mqtt(c) => mqtt::config::end(&c.topic, &c.connection),
             CatchConfig::Redis(c) => redis::config::end(&c.stream, &c.connection),
             CatchConfig::Sqs(c) => sqs::config::end(&c.queue, &c.connection),
+            CatchConfig::PubSub(c) => pubsub::config::catch_end(c),
         }
     }
 
@@ -316,6 +330,7 @@ impl CatchConfig {
             CatchConfig::Mqtt(c) => c.validate(&path, p),
             CatchConfig::Redis(c) => c.validate(&path, p),
             CatchConfig::Sqs(c) => c.validate(&path, p),
+            CatchConfig::PubSub(c) => c.validate(&path, p),
         }
         check_connection(&self.end(""), &path, conns, p);
     }

@@ -12,6 +12,7 @@ mod limits;
 mod listener;
 mod mqtt;
 mod process;
+mod pubsub;
 mod redis;
 mod reload;
 mod reports;

@@ -1,5 +1,5 @@
 //! Brokers the tests start themselves, on free ports with their own data
-//! directories, and can kill and restart: nats-server, mosquitto, redis-server, tansu (a
+//! directories, and can kill and restart: nats-server, mosquitto, redis-server, the Pub/Sub emulator, tansu (a
 //! Kafka-compatible broker), moto (an emulator of Amazon SQS, not AWS) and
 //! librdkafka's mock cluster (in this process).
 
@@ -560,6 +560,164 @@ impl Drop for MotoServer {
     }
 }
 
+/// The Pub/Sub emulator of the Google Cloud SDK (a Java program), started
+/// by the test on a free port, stopped on drop. It keeps nothing across a
+/// restart: topics and subscriptions are gone, as a test's `restart` knows.
+pub struct PubSubEmulator {
+    pub port: u16,
+    bin: PathBuf,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+/// Where the SDK keeps the emulator's start script.
+const PUBSUB_EMULATOR: &str = "platform/pubsub-emulator/bin/cloud-pubsub-emulator";
+
+/// The emulator's start script: under `$CLOUDSDK_ROOT_DIR`, Debian's
+/// /usr/lib/google-cloud-sdk, or wherever `gcloud info` says the SDK is.
+fn find_pubsub_emulator() -> PathBuf {
+    static FOUND: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let found = FOUND.get_or_init(|| {
+        let mut roots: Vec<PathBuf> = std::env::var_os("CLOUDSDK_ROOT_DIR")
+            .map(PathBuf::from)
+            .into_iter()
+            .collect();
+        roots.push(PathBuf::from("/usr/lib/google-cloud-sdk"));
+        if let Some(p) = roots
+            .iter()
+            .map(|r| r.join(PUBSUB_EMULATOR))
+            .find(|p| p.is_file())
+        {
+            return Some(p);
+        }
+        let out = Command::new("gcloud")
+            .args(["info", "--format=value(installation.sdk_root)"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let root = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let p = PathBuf::from(root).join(PUBSUB_EMULATOR);
+        p.is_file().then_some(p)
+    });
+    found.clone().unwrap_or_else(|| {
+        panic!(
+            "the Pub/Sub emulator is not installed: it is the Google Cloud SDK's `google-cloud-cli-pubsub-emulator` package (or `gcloud components install pubsub-emulator`), and it runs on Java 11 or later (Debian `openjdk-17-jre-headless`); install them and rerun"
+        )
+    })
+}
+
+impl PubSubEmulator {
+    pub fn start() -> PubSubEmulator {
+        let mut e = PubSubEmulator {
+            port: free_port(),
+            bin: find_pubsub_emulator(),
+            dir: TempDir::new("pubsub"),
+            child: None,
+        };
+        e.restart();
+        e
+    }
+
+    /// `http://127.0.0.1:<port>`: gRPC and REST on one port.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (or starts again, empty) on the same port, and waits until
+    /// it answers `GET /` with `Ok`.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("emulator.log"))
+            .expect("log file");
+        let child = Command::new(&self.bin)
+            .arg("--host=127.0.0.1")
+            .arg(format!("--port={}", self.port))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            // Its own group: the script execs java, but killing the group
+            // also ends anything it may have started.
+            .process_group(0)
+            .spawn()
+            .expect("cannot start the Pub/Sub emulator");
+        self.child = Some(child);
+        let give_up = Instant::now() + Duration::from_secs(60);
+        loop {
+            if emulator_answers(self.port) {
+                break;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("the Pub/Sub emulator exited ({status}): {}", self.log());
+            }
+            assert!(
+                Instant::now() < give_up,
+                "the Pub/Sub emulator did not answer on port {} within 60s: {}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What the emulator wrote so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("emulator.log")).unwrap_or_default()
+    }
+
+    /// Kills the emulator abruptly (SIGKILL to its process group), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: killpg takes no pointers; the group is the emulator's
+            // own (spawned with process_group(0)), so nothing else is hit.
+            unsafe {
+                libc::killpg(c.id() as i32, libc::SIGKILL);
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Whether `GET /` on the emulator's port answers 200 `Ok` (its
+/// readiness: the port accepts connections a while before it serves).
+fn emulator_answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    // It may keep the connection open: read until the body is there.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if text.starts_with("HTTP/1.1 200") && text.trim_end().ends_with("\r\n\r\nOk") {
+            return true;
+        }
+    }
+    false
+}
+
+impl Drop for PubSubEmulator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
 fn wait_for_port(port: u16, what: &str) {
     let give_up = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

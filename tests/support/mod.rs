@@ -10,7 +10,7 @@ pub mod otlp;
 pub mod targets;
 
 #[allow(unused_imports)]
-pub use brokers::{MosquittoServer, MotoServer, NatsServer, RedisServer};
+pub use brokers::{MosquittoServer, MotoServer, NatsServer, PubSubEmulator, RedisServer};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,8 @@
 //! broker or endpoint restart, garbage at the sink) then runs on it.
 
 use super::brokers::{
-    create_topics, MosquittoServer, MotoServer, NatsServer, RabbitMq, RedisServer, Tansu,
+    create_topics, MosquittoServer, MotoServer, NatsServer, PubSubEmulator, RabbitMq, RedisServer,
+    Tansu,
 };
 use super::{free_port, KEY};
 use axum::body::Bytes;
@@ -1306,6 +1307,259 @@ impl Target for Sqs {
         // Four calls to moto (Python) per canary through the relay, about
         // 25 ms in all on a busy 2-core machine.
         Duration::from_millis(60)
+    }
+
+    fn outage_kind(&self) -> FailureKind {
+        FailureKind::Unavailable
+    }
+}
+
+// ---------------------------------------------------------------- Pub/Sub
+
+/// The project every Pub/Sub test works in (the emulator takes any).
+pub const PUBSUB_PROJECT: &str = "chirp-test";
+
+/// Google Cloud Pub/Sub on the emulator. A destination `d` is topic `d`
+/// and subscription `d` on it (their names live apart); the catch reads the
+/// subscription.
+pub struct PubSub {
+    pub emulator: PubSubEmulator,
+    /// What the tests made, (subscription, topic), made again after a
+    /// restart (the emulator forgets everything).
+    made: Mutex<Vec<(String, String)>>,
+}
+
+/// The emulator's admin clients (REST), with no credentials.
+pub async fn pubsub_admin(
+    endpoint: &str,
+) -> (
+    google_cloud_pubsub::client::TopicAdmin,
+    google_cloud_pubsub::client::SubscriptionAdmin,
+) {
+    use google_cloud_auth::credentials::anonymous;
+    chirp::transport::install_crypto_provider();
+    let topics = google_cloud_pubsub::client::TopicAdmin::builder()
+        .with_endpoint(endpoint)
+        .with_credentials(anonymous::Builder::new().build())
+        .build()
+        .await
+        .expect("topic admin");
+    let subscriptions = google_cloud_pubsub::client::SubscriptionAdmin::builder()
+        .with_endpoint(endpoint)
+        .with_credentials(anonymous::Builder::new().build())
+        .build()
+        .await
+        .expect("subscription admin");
+    (topics, subscriptions)
+}
+
+pub fn pubsub_topic(id: &str) -> String {
+    format!("projects/{PUBSUB_PROJECT}/topics/{id}")
+}
+
+pub fn pubsub_subscription(id: &str) -> String {
+    format!("projects/{PUBSUB_PROJECT}/subscriptions/{id}")
+}
+
+/// Creates topic `topic` (if missing) and subscription `subscription` on
+/// it (if missing), retaining acknowledged messages when `retain` (for a
+/// seek back).
+pub async fn pubsub_create(endpoint: &str, subscription: &str, topic: &str, retain: bool) {
+    use google_cloud_gax::error::rpc::Code;
+    let (topics, subscriptions) = pubsub_admin(endpoint).await;
+    let exists = |e: &google_cloud_gax::error::Error| {
+        e.status().is_some_and(|s| s.code == Code::AlreadyExists)
+    };
+    if let Err(e) = topics
+        .create_topic()
+        .set_name(pubsub_topic(topic))
+        .send()
+        .await
+    {
+        assert!(exists(&e), "cannot create topic {topic}: {e}");
+    }
+    if let Err(e) = subscriptions
+        .create_subscription()
+        .set_name(pubsub_subscription(subscription))
+        .set_topic(pubsub_topic(topic))
+        .set_ack_deadline_seconds(10)
+        .set_retain_acked_messages(retain)
+        .send()
+        .await
+    {
+        assert!(exists(&e), "cannot create subscription {subscription}: {e}");
+    }
+}
+
+/// A publisher to `topic` as a pipeline would have: batching off.
+pub async fn pubsub_publisher(
+    endpoint: &str,
+    topic: &str,
+) -> google_cloud_pubsub::client::Publisher {
+    chirp::transport::install_crypto_provider();
+    google_cloud_pubsub::client::Publisher::builder(pubsub_topic(topic))
+        .with_endpoint(endpoint)
+        .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build())
+        .set_message_count_threshold(1u32)
+        .set_delay_threshold(Duration::ZERO)
+        .build()
+        .await
+        .expect("publisher")
+}
+
+/// Publishes a message as a pipeline would: the token (if any) in
+/// attribute `Chirp-Token`, the body as data; waits for the message ID.
+pub async fn pubsub_send(
+    p: &google_cloud_pubsub::client::Publisher,
+    token: Option<&str>,
+    body: Vec<u8>,
+) {
+    let mut m = google_cloud_pubsub::model::Message::new().set_data(body);
+    if let Some(t) = token {
+        m = m.set_attributes([(HEADER, t)]);
+    }
+    p.publish(m).await.expect("publish");
+}
+
+/// Reads `subscription` until the task is aborted, handing each message on
+/// (acknowledged) as a `Msg`.
+pub async fn pubsub_tail(
+    endpoint: &str,
+    subscription: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<Msg> {
+    chirp::transport::install_crypto_provider();
+    let client = google_cloud_pubsub::client::Subscriber::builder()
+        .with_endpoint(endpoint)
+        .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build())
+        .build()
+        .await
+        .expect("subscriber");
+    let mut stream = client.subscribe(pubsub_subscription(subscription)).build();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok((m, h))) = stream.next().await {
+            h.ack();
+            let msg = Msg {
+                token: m.attributes.get(HEADER).cloned(),
+                body: m.data.to_vec(),
+                to: None,
+            };
+            if tx.send(msg).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+impl PubSub {
+    /// Makes `subscription` on `topic` now and after every restart.
+    pub async fn make(&self, subscription: &str, topic: &str) {
+        pubsub_create(&self.emulator.endpoint(), subscription, topic, false).await;
+        let mut made = self.made.lock().unwrap();
+        let pair = (subscription.to_owned(), topic.to_owned());
+        if !made.contains(&pair) {
+            made.push(pair);
+        }
+    }
+}
+
+impl Target for PubSub {
+    async fn start(_chirp_port: u16) -> Self {
+        PubSub {
+            emulator: PubSubEmulator::start(),
+            made: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn connection(&self) -> Option<(String, String)> {
+        Some((
+            "g".into(),
+            format!(
+                "pubsub: {{project: {PUBSUB_PROJECT}, endpoint: \"{}\"}}",
+                self.emulator.endpoint()
+            ),
+        ))
+    }
+
+    fn inject(&self, dest: &str) -> String {
+        format!("{{pubsub: {{connection: g, topic: {dest}}}}}")
+    }
+
+    fn catch(&self, dest: &str) -> String {
+        format!("{{pubsub: {{connection: g, subscription: {dest}}}}}")
+    }
+
+    async fn prepare(&self, dests: &[&str]) {
+        for d in dests {
+            self.make(d, d).await;
+        }
+    }
+
+    async fn relay(&self, from: &str, to: &str, _probe: &str, plan: Plan) -> JoinHandle<()> {
+        let endpoint = self.emulator.endpoint();
+        // The relay's own subscription on the input topic: made before
+        // chirp publishes, so it misses nothing.
+        let own = format!("{from}-relay");
+        self.make(&own, from).await;
+        let mut input = pubsub_tail(&endpoint, &own).await;
+        let mut publishers = HashMap::new();
+        for t in std::iter::once(to.to_owned()).chain(plan.dlq.clone()) {
+            let p = pubsub_publisher(&endpoint, &t).await;
+            publishers.insert(t, p);
+        }
+        let to = to.to_owned();
+        let queue = forwarder(move |m: Msg| {
+            let dest = m.to.clone().unwrap_or_else(|| to.clone());
+            let p = publishers[&dest].clone();
+            async move { pubsub_send(&p, m.token.as_deref(), m.body).await }
+        });
+        tokio::spawn(async move {
+            let mut relay = Relay::new(plan);
+            while let Some(m) = input.recv().await {
+                let _ = queue.send(relay.on(m));
+            }
+        })
+    }
+
+    async fn publish(&self, dest: &str, _probe: &str, token: Option<&str>, body: Vec<u8>) {
+        let p = pubsub_publisher(&self.emulator.endpoint(), dest).await;
+        pubsub_send(&p, token, body).await;
+    }
+
+    async fn looped(&self, name: &str) -> Looped {
+        let dest = format!("{name}-loop");
+        self.make(&dest, &dest).await;
+        Looped {
+            inject: self.inject(&dest),
+            catch: self.catch(&dest),
+            dest,
+        }
+    }
+
+    fn kill(&mut self) {
+        self.emulator.kill();
+    }
+
+    async fn restart(&mut self) {
+        self.emulator.restart();
+        let made = self.made.lock().unwrap().clone();
+        for (subscription, topic) in made {
+            pubsub_create(&self.emulator.endpoint(), &subscription, &topic, false).await;
+        }
+    }
+
+    fn reports_down(&self) -> bool {
+        true
+    }
+
+    fn tolerance(&self) -> Duration {
+        // The emulator hands a streaming pull what arrived at most about
+        // every 55 ms (a hop takes 0-55 ms, p50 about 28 ms, with its own
+        // client as with chirp's: `cargo bench --bench transports_baseline
+        // -- pubsub`), and a relayed canary makes two hops; then
+        // scheduling on a busy 2-core machine.
+        Duration::from_millis(150)
     }
 
     fn outage_kind(&self) -> FailureKind {
