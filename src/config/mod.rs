@@ -534,11 +534,35 @@ fn read_probes(
     };
     let before = p.len();
     let mut probes: Vec<ProbeConfig> = Vec::new();
+    // What each catch point consumes where consumers split the messages.
+    let mut consumed: Vec<(String, String)> = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let path = format!("probes[{i}]");
         let Some(raw) = section::<RawProbe>(item, &path, p) else {
             continue;
         };
+        let points = [
+            (child(&path, "catch"), Some(&raw.catch.catch)),
+            (
+                format!("{path}.catch.dead_letter"),
+                raw.catch.dead_letter.as_ref(),
+            ),
+        ];
+        for (at, catch) in points {
+            let Some(what) = catch.and_then(|c| c.shared_consumer()) else {
+                continue;
+            };
+            match consumed.iter().find(|(w, _)| *w == what) {
+                Some((_, first)) if !first.starts_with(&format!("{path}.")) => p.add(
+                    at,
+                    format!(
+                        "{what} is consumed by {first} too: its consumers split the messages, so each probe would count the other's canaries as lost (and chirp acknowledges what it reads); give each probe its own"
+                    ),
+                ),
+                Some(_) => {}
+                None => consumed.push((what, at)),
+            }
+        }
         if let Some(first) = probes.iter().position(|q| q.name == raw.name) {
             p.add(
                 child(&path, "name"),

@@ -582,3 +582,33 @@ probes:
         Some("NATS subject dlq (connection n)".to_owned())
     );
 }
+
+#[test]
+fn two_probes_may_not_split_one_queue_between_them() {
+    let text = r#"
+signing_key: "0123456789abcdef0123456789abcdef"
+connections:
+  aws: {sqs: {region: eu-west-1}}
+  r: {redis: {url: "redis://h"}}
+probes:
+  - name: orders
+    inject: {sqs: {connection: aws, queue: orders-in}}
+    catch: {sqs: {connection: aws, queue: orders-out}, dead_letter: {sqs: {connection: aws, queue: pipeline-dlq}}}
+  - name: billing
+    inject: {sqs: {connection: aws, queue: billing-in}}
+    catch: {sqs: {connection: aws, queue: billing-out}, dead_letter: {sqs: {connection: aws, queue: pipeline-dlq}}}
+  - name: grouped
+    inject: {redis: {connection: r, stream: s}}
+    catch: {redis: {connection: r, stream: s, group: g}}
+  - name: grouped-too
+    inject: {redis: {connection: r, stream: s}}
+    catch: {redis: {connection: r, stream: s, group: g}}
+  - name: tail
+    inject: {redis: {connection: r, stream: s}}
+    catch: {redis: {connection: r, stream: s}}
+"#;
+    let e = errors(text);
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(e[0].starts_with("probes[1].catch.dead_letter: SQS queue `pipeline-dlq` (connection `aws`) is consumed by probes[0].catch.dead_letter too: its consumers split the messages"), "{}", e[0]);
+    assert!(e[1].starts_with("probes[3].catch: Redis stream `s` as consumer group `g` (connection `r`) is consumed by probes[2].catch too"), "{}", e[1]);
+}

@@ -357,3 +357,36 @@ fn a_registry_template_waits_for_its_schema_and_then_fits_it() {
         "field `seq`: expected a long, got the string \"x\""
     );
 }
+
+#[test]
+fn protobuf_messages_also_come_from_a_descriptor_set() {
+    use prost::Message;
+    let d = dir();
+    std::fs::write(d.join("order.proto"), ORDER_PROTO).unwrap();
+    // What `protoc --include_imports --descriptor_set_out` writes.
+    let set = protox::compile(["order.proto"], [&d]).unwrap();
+    let desc = d.join("order.desc");
+    std::fs::write(&desc, set.encode_to_vec()).unwrap();
+    let config = |message: &str| TemplateConfig {
+        format: Format::Protobuf,
+        schema_file: Some(desc.display().to_string()),
+        message: Some(message.into()),
+        ..inline(json!({"canary": "{{token}}", "seq": "{{seq}}", "customer": {"id": 7}}))
+    };
+    let t = Template::compile(&config("shop.v1.OrderCreated"), 0).unwrap();
+    let Encoder::Protobuf(enc) = &t.encoder else {
+        panic!()
+    };
+    let m = enc.decode(&t.render(&values()).unwrap());
+    assert_eq!(m.get_field_by_name("canary").unwrap().as_str(), Some(TOKEN));
+    // Not a descriptor set at all.
+    std::fs::write(&desc, b"not protobuf").unwrap();
+    let e = Template::compile(&config("shop.v1.OrderCreated"), 0).unwrap_err();
+    assert_eq!(e.key, "schema_file");
+    assert!(
+        e.message
+            .contains("neither a .proto file nor a descriptor set"),
+        "{}",
+        e.message
+    );
+}

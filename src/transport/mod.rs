@@ -335,6 +335,38 @@ impl CatchConfig {
         check_connection(&self.end(""), &path, conns, p);
     }
 
+    /// What this catch consumes where consumers split the messages between
+    /// them (a queue, a subscription, a consumer group, a durable consumer),
+    /// for a person; `None` where every reader sees every message.
+    pub fn shared_consumer(&self) -> Option<String> {
+        let on = |what: String, connection: &str| format!("{what} (connection `{connection}`)");
+        match self {
+            CatchConfig::Amqp(c) => {
+                Some(on(format!("RabbitMQ queue `{}`", c.queue), &c.connection))
+            }
+            CatchConfig::Sqs(c) => {
+                Some(on(format!("SQS queue `{}`", c.queue.name()), &c.connection))
+            }
+            CatchConfig::PubSub(c) => Some(on(
+                format!("Pub/Sub subscription `{}`", c.subscription),
+                &c.connection,
+            )),
+            CatchConfig::Redis(c) => c.group.as_ref().map(|g| {
+                on(
+                    format!("Redis stream `{}` as consumer group `{g}`", c.stream),
+                    &c.connection,
+                )
+            }),
+            CatchConfig::JetStream(c) => c.consumer.as_ref().map(|d| {
+                on(
+                    format!("JetStream durable consumer `{d}` of stream `{}`", c.stream),
+                    &c.connection,
+                )
+            }),
+            _ => None,
+        }
+    }
+
     /// Whether this catch is chirp's own webhook receiver.
     pub fn needs_listener(&self) -> bool {
         matches!(self, CatchConfig::Http(_))

@@ -188,7 +188,8 @@ impl Connected {
         if let Some(e) = &self.target.endpoint {
             b = b.with_endpoint(e.clone());
         }
-        let p = b.build().await.map_err(|e| {
+        let what = format!("connection `{}`", self.name);
+        let p = bounded(&what, b.build()).await?.map_err(|e| {
             SetupError::new(
                 format!(
                     "connection `{}`: cannot make a Pub/Sub publisher",
@@ -211,6 +212,26 @@ impl Drop for Connected {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// How long making a client may take: with metadata-server credentials it
+/// asks for the universe domain, over a client with no time limit of its own.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `build` within `BUILD_TIMEOUT`; past it, the target is out of reach.
+async fn bounded<T>(
+    what: &str,
+    build: impl std::future::Future<Output = T>,
+) -> Result<T, SetupError> {
+    tokio::time::timeout(BUILD_TIMEOUT, build)
+        .await
+        .map_err(|_| {
+            SetupError::new(
+                format!("{what}: making the Pub/Sub client took longer than {BUILD_TIMEOUT:?}"),
+                true,
+                "no answer (the metadata server?)",
+            )
+        })
 }
 
 /// Connects `name` for each role that uses it. Nothing goes over the
@@ -250,14 +271,14 @@ pub async fn connect(
         tb = tb.with_endpoint(e.clone());
         sb = sb.with_endpoint(e.clone());
     }
-    let topics = tb.build().await.map_err(admin)?;
-    let subscriptions = sb.build().await.map_err(admin)?;
+    let topics = bounded(&what(), tb.build()).await?.map_err(admin)?;
+    let subscriptions = bounded(&what(), sb.build()).await?.map_err(admin)?;
     let subscriber = if roles.catch {
         let mut b = Subscriber::builder().with_credentials(credentials.clone());
         if let Some(e) = &target.endpoint {
             b = b.with_endpoint(e.clone());
         }
-        Some(b.build().await.map_err(|e| {
+        Some(bounded(&what(), b.build()).await?.map_err(|e| {
             SetupError::new(
                 format!("{}: cannot make a Pub/Sub subscriber", what()),
                 false,
@@ -488,7 +509,17 @@ pub(crate) fn classify(e: &GaxError) -> FailureKind {
         };
     }
     if e.is_authentication() {
-        return FailureKind::Auth;
+        // A token that could not be fetched for want of the network (the
+        // metadata server, the token endpoint out of reach) is an outage,
+        // not refused credentials.
+        let transient = std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<google_cloud_gax::error::CredentialsError>())
+            .is_some_and(|c| c.is_transient());
+        return if transient {
+            FailureKind::Unavailable
+        } else {
+            FailureKind::Auth
+        };
     }
     if e.is_timeout() {
         return FailureKind::Timeout;

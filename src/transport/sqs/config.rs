@@ -254,11 +254,11 @@ impl CatchConfig {
             );
         }
         if let Some(v) = self.visibility_timeout {
-            if !whole(v) || v > MAX_VISIBILITY {
+            if !whole(v) || v.is_zero() || v > MAX_VISIBILITY {
                 p.add(
                     format!("{path}.visibility_timeout"),
                     format!(
-                        "{} must be whole seconds, at most 12h",
+                        "{} must be whole seconds from 1s to 12h (at 0 a message chirp cannot delete comes straight back, again and again)",
                         humantime::format_duration(v)
                     ),
                 );

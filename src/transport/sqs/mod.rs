@@ -270,12 +270,13 @@ pub(crate) fn classify<E>(e: &SdkError<E, HttpResponse>) -> (FailureKind, Option
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
+    // No credentials could be found or made: the chain came up empty, or
+    // an STS or metadata call failed (unavailable when it timed out).
+    let credentials = credentials_failed(e);
     let kind = match e {
         SdkError::TimeoutError(_) => FailureKind::Timeout,
         SdkError::DispatchFailure(d) if d.is_timeout() => FailureKind::Timeout,
-        // No credentials could be found or made (the chain came up empty,
-        // an STS or metadata call failed).
-        _ if credentials_failed(e) => FailureKind::Auth,
+        _ if credentials.is_some() => credentials.unwrap_or(FailureKind::Auth),
         SdkError::DispatchFailure(d) if d.is_user() => FailureKind::Other,
         SdkError::DispatchFailure(_) => match super::classify_io(e) {
             Some(FailureKind::Timeout) => FailureKind::Timeout,
@@ -295,18 +296,22 @@ where
     (kind, None)
 }
 
-fn credentials_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+fn credentials_failed(e: &(dyn std::error::Error + 'static)) -> Option<FailureKind> {
+    use aws_credential_types::provider::error::CredentialsError;
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if err
-            .downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
-            .is_some()
-        {
-            return true;
+        if let Some(c) = err.downcast_ref::<CredentialsError>() {
+            // A provider that did not answer in time (the instance
+            // metadata service, STS out of reach) is an outage, not
+            // refused credentials.
+            return Some(match c {
+                CredentialsError::ProviderTimedOut(_) => FailureKind::Unavailable,
+                _ => FailureKind::Auth,
+            });
         }
         cur = err.source();
     }
-    false
+    None
 }
 
 /// The failure kind of an error SQS (or AWS's front door) answered with.

@@ -97,7 +97,7 @@ fn configuration_mistakes_are_named_and_secrets_never_printed() {
         problems(|p| k.validate("k", p)),
         [
             "k.wait: 21s must be whole seconds from 1s to 20s (SQS's long poll)",
-            "k.visibility_timeout: 1s 500ms must be whole seconds, at most 12h"
+            "k.visibility_timeout: 1s 500ms must be whole seconds from 1s to 12h (at 0 a message chirp cannot delete comes straight back, again and again)"
         ]
     );
     let k: CatchConfig = serde_yaml::from_str("{connection: q, queue: o, wait: 500ms}").unwrap();
