@@ -326,18 +326,13 @@ fn to_avro(
     })
 }
 
-/// The datum of a Confluent-framed record, for tests: (schema id, value).
+/// The datum of a record `enc` made, for tests: (schema id, value).
 #[cfg(test)]
-pub fn decode(enc: &Encoder, bytes: &[u8]) -> (Option<u32>, Avro) {
-    let (id, mut body) = match enc.frame {
-        Some(_) => (
-            Some(u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]])),
-            &bytes[5..],
-        ),
-        None => (None, bytes),
+pub fn decode(enc: &Encoder, bytes: &[u8]) -> apache_avro::AvroResult<(Option<u32>, Avro)> {
+    let (id, mut body) = match (enc.frame, bytes) {
+        (Some(_), [_, a, b, c, d, rest @ ..]) => (Some(u32::from_be_bytes([*a, *b, *c, *d])), rest),
+        _ => (None, bytes),
     };
-    let reader = apache_avro::reader::datum::GenericDatumReader::builder(&enc.schema)
-        .build()
-        .unwrap();
-    (id, reader.read_value(&mut body).unwrap())
+    let reader = apache_avro::reader::datum::GenericDatumReader::builder(&enc.schema).build()?;
+    Ok((id, reader.read_value(&mut body)?))
 }

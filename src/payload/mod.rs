@@ -241,10 +241,9 @@ impl Template {
             Format::Avro if config.schema_id.is_some() && config.registry.is_some() => {
                 return Err(Problem::new("schema_id", "the registry gives the schema id: leave `schema_id` out with `schema_registry`"));
             }
-            Format::Avro if fetched.is_some() => {
+            Format::Avro if let Some((text, id)) = fetched => {
                 // Not in `texts`: the template compares equal to its form
                 // before the lookup, so a reload keeps the probe.
-                let (text, id) = fetched.unwrap_or_default();
                 Encoder::Avro(avro::Encoder::new(text, Some(id)).map_err(|e| {
                     Problem::new(
                         "schema_registry",

@@ -72,8 +72,9 @@ impl Encoder {
         }
     }
 
+    /// A message this encoder made, for tests.
     #[cfg(test)]
-    pub fn decode(&self, bytes: &[u8]) -> DynamicMessage {
-        DynamicMessage::decode(self.desc.clone(), bytes).unwrap()
+    pub fn decode(&self, bytes: &[u8]) -> Result<DynamicMessage, prost::DecodeError> {
+        DynamicMessage::decode(self.desc.clone(), bytes)
     }
 }

@@ -179,7 +179,7 @@ fn avro_records_follow_the_schema_and_decode_back() {
     let Encoder::Avro(enc) = &t.encoder else {
         panic!()
     };
-    let (id, value) = avro::decode(enc, &bytes);
+    let (id, value) = avro::decode(enc, &bytes).unwrap();
     assert_eq!(id, Some(1234));
     let A::Record(fields) = value else {
         panic!("{value:?}")
@@ -289,7 +289,7 @@ fn protobuf_messages_compile_from_a_proto_file_and_decode_back() {
     let Encoder::Protobuf(enc) = &t.encoder else {
         panic!()
     };
-    let m = enc.decode(&bytes);
+    let m = enc.decode(&bytes).unwrap();
     assert_eq!(m.get_field_by_name("canary").unwrap().as_str(), Some(TOKEN));
     assert_eq!(m.get_field_by_name("seq").unwrap().as_u64(), Some(42));
     let at = m.get_field_by_name("at").unwrap();
@@ -377,7 +377,7 @@ fn protobuf_messages_also_come_from_a_descriptor_set() {
     let Encoder::Protobuf(enc) = &t.encoder else {
         panic!()
     };
-    let m = enc.decode(&t.render(&values()).unwrap());
+    let m = enc.decode(&t.render(&values()).unwrap()).unwrap();
     assert_eq!(m.get_field_by_name("canary").unwrap().as_str(), Some(TOKEN));
     // Not a descriptor set at all.
     std::fs::write(&desc, b"not protobuf").unwrap();

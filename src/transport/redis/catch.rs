@@ -55,7 +55,10 @@ impl CatchHandle for RedisCatch {
 #[derive(Debug, Clone)]
 enum Cursor {
     /// In a group: the pending entries after this ID first, then new ones.
-    Group { pending: Option<String> },
+    Group {
+        group: String,
+        pending: Option<String>,
+    },
     /// Plain reads after this entry ID.
     After(String),
 }
@@ -84,8 +87,9 @@ pub async fn start(
     })?;
     let mut reader = Reader {
         consumer: cfg.consumer(sink.name()),
-        cursor: match cfg.group {
-            Some(_) => Cursor::Group {
+        cursor: match &cfg.group {
+            Some(g) => Cursor::Group {
+                group: g.clone(),
                 pending: Some("0".into()),
             },
             None => Cursor::After(String::new()),
@@ -178,7 +182,7 @@ async fn catch_loop(
         up.send_replace(false);
         status.lost();
         tracing::warn!(probe = %name, stream = %reader.cfg.stream, error = %e, "Redis catch lost its connection; reading again.");
-        if let Cursor::Group { pending } = &mut reader.cursor {
+        if let Cursor::Group { pending, .. } = &mut reader.cursor {
             // What was read but not acknowledged comes back first.
             *pending = Some("0".into());
         }
@@ -193,12 +197,12 @@ impl Reader {
     /// Creates the group (or takes the position at the stream's end) on a
     /// new connection.
     async fn prepare(&mut self, conn: &mut MultiplexedConnection) -> Result<(), BoxError> {
-        match (&self.cfg.group, &mut self.cursor) {
-            (Some(group), _) => {
+        match &mut self.cursor {
+            Cursor::Group { group, .. } => {
                 let created = ::redis::cmd("XGROUP")
                     .arg("CREATE")
                     .arg(&self.cfg.stream)
-                    .arg(group)
+                    .arg(&*group)
                     .arg("$")
                     .arg("MKSTREAM")
                     .query_async::<Value>(conn)
@@ -211,7 +215,7 @@ impl Reader {
                     _ => {}
                 }
             }
-            (None, Cursor::After(id)) if id.is_empty() => {
+            Cursor::After(id) if id.is_empty() => {
                 let last = ::redis::cmd("XREVRANGE")
                     .arg(&self.cfg.stream)
                     .arg("+")
@@ -234,8 +238,8 @@ impl Reader {
     /// One read: records what it returns (and acknowledges it in a group).
     async fn read(&mut self, conn: &mut MultiplexedConnection) -> Result<(), BoxError> {
         let mut cmd;
-        match (&self.cfg.group, &self.cursor) {
-            (Some(group), Cursor::Group { pending }) => {
+        match &self.cursor {
+            Cursor::Group { group, pending } => {
                 cmd = ::redis::cmd("XREADGROUP");
                 cmd.arg("GROUP").arg(group).arg(&self.consumer);
                 cmd.arg("COUNT").arg(BATCH);
@@ -246,13 +250,12 @@ impl Reader {
                     .arg(&self.cfg.stream)
                     .arg(pending.as_deref().unwrap_or(">"));
             }
-            (_, Cursor::After(id)) => {
+            Cursor::After(id) => {
                 cmd = ::redis::cmd("XREAD");
                 cmd.arg("COUNT").arg(BATCH);
                 cmd.arg("BLOCK").arg(BLOCK.as_millis() as u64);
                 cmd.arg("STREAMS").arg(&self.cfg.stream).arg(id);
             }
-            (None, Cursor::Group { .. }) => unreachable!("a group cursor without a group"),
         }
         // The server answers a blocked read after BLOCK; longer is a dead connection.
         let reply = tokio::time::timeout(
@@ -300,7 +303,7 @@ impl Reader {
             });
         }
         match &mut self.cursor {
-            Cursor::Group { pending } => {
+            Cursor::Group { pending, .. } => {
                 if pending.is_some() {
                     // The pending list is read through once, from after the
                     // last entry it returned, until it has nothing more.
